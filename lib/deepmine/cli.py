@@ -1,0 +1,131 @@
+"""`deepmine <command>`: one entry for every stage and helper; jobs/*.py call `main` too.
+
+Exit codes: 0 done, 1 a stage failed, 2 bad usage or bad input (config, header, format).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+from typing import Callable
+
+from deepmine.config import ConfigError, load_config
+
+DEFAULT_CONF = "conf/local.yaml"
+
+
+def run_date(text: str) -> str:
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, found {text!r}") from None
+
+
+def _stage_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument("--conf", default=DEFAULT_CONF, help=f"config file (default {DEFAULT_CONF})")
+    p.add_argument("--date", required=True, type=run_date, help="run date, YYYY-MM-DD")
+    p.add_argument("--set", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override config values; repeatable, several pairs per --set")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepmine", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = _stage_parser(sub, "ingest", "clean one raw input into clean/ and quarantine/")
+    p.add_argument("--input", required=True, help="input file or directory (path or URL)")
+    p.add_argument("--entity", default="transactions", choices=["transactions", "ratings", "images"])
+    p.add_argument("--format", default=None, help="csv, json or parquet (default: ingest.format; "
+                   "parquet for images)")
+    p.set_defaults(handler=_ingest)
+
+    p = _stage_parser(sub, "nightly", "run every stage for one date, skipping what is done")
+    p.add_argument("--input", default=None, help="transactions input (default: input.transactions)")
+    p.add_argument("--force", action="store_true", help="redo stages already done for the date")
+    p.set_defaults(handler=_nightly)
+
+    p = sub.add_parser("generate", help="synthetic transactions with planted truth")
+    p.add_argument("--out", required=True)
+    p.add_argument("--lines", required=True, type=int)
+    p.add_argument("--seed", required=True, type=int)
+    p.add_argument("--dirty-rate", type=float, default=0.0)
+    p.add_argument("--start-date", type=run_date, default="2025-11-23")
+    p.add_argument("--days", type=int, default=365)
+    p.add_argument("--customers", type=int, default=0, help="0 = derived from --lines")
+    p.add_argument("--products", type=int, default=0, help="0 = derived from --lines")
+    p.set_defaults(handler=_generate)
+
+    p = sub.add_parser("samples", help="real datasets from installed packages, in input format")
+    p.add_argument("--out", required=True)
+    p.add_argument("--only", default=None, help="comma-separated names (default: all available)")
+    p.set_defaults(handler=_samples)
+    return parser
+
+
+def _with_session(args, work: Callable) -> int:
+    config = load_config(args.conf, [x for group in args.set for x in group])
+    from deepmine.spark import build_session
+    spark = build_session(config)
+    return work(spark, config)
+
+
+def _ingest(args) -> int:
+    from deepmine.ingest import run_ingest
+
+    def work(spark, config):
+        counts = run_ingest(spark, config, args.date, args.input, args.entity, args.format)
+        from deepmine.lake import Lake
+        print(f"manifest: {Lake(spark, config.lake.root).manifest_url(args.date)}")
+        return 0 if counts else 1
+    return _with_session(args, work)
+
+
+def _nightly(args) -> int:
+    from deepmine.nightly import run_nightly
+
+    def work(spark, config):
+        url = run_nightly(spark, config, args.date, args.input, args.force)
+        print(f"manifest: {url}")
+        return 0
+    return _with_session(args, work)
+
+
+def _generate(args) -> int:
+    from deepmine.generate import generate_transactions
+    truth = generate_transactions(args.out, lines=args.lines, seed=args.seed,
+                                  dirty_rate=args.dirty_rate, start_date=args.start_date,
+                                  days=args.days, customers=args.customers,
+                                  products=args.products, progress=sys.stderr.isatty())
+    counts = truth.get("counts", {})
+    print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()
+                                            if not isinstance(v, dict)))
+    return 0
+
+
+def _samples(args) -> int:
+    from deepmine.samples import write_samples
+    only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
+    result = write_samples(args.out, only)
+    for name, info in result.items():
+        if "unavailable" in info:
+            print(f"{name}: not installed; install with: {info['unavailable']}")
+        else:
+            print(f"{name}: {info['rows']} rows -> {info['path']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from deepmine.ingest import IngestError
+    from deepmine.schemas import SchemaError
+    try:
+        return args.handler(args)
+    except (ConfigError, IngestError, SchemaError, ValueError, FileNotFoundError) as e:
+        print(f"deepmine {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The one typed configuration object, loaded from YAML and validated on load.
+
+Every section is a dataclass whose fields carry their defaults and a docstring-style comment.
+`load_config(path, overrides)` reads the YAML file, applies `--set section.key=value` overrides,
+and checks every key and type: an unknown key, a wrong type or a missing file raises
+`ConfigError` naming the key or the path. The config is data only: YAML is read with
+`yaml.safe_load` and nothing in it is ever evaluated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema."""
+
+
+@dataclass
+class SparkConfig:
+    master: str = "local[2]"  # any Spark master URL; local[N] is the embedded default
+    app_name: str = "deepmine"
+    shuffle_partitions: int = 4  # sized to the data and the cores, not Spark's default 200
+    ui_enabled: bool = True  # forced off when the CI environment variable is set
+    local_ip: str = "127.0.0.1"  # bind address in local mode: all traffic stays on loopback
+    driver_memory: str = "4g"
+    checkpoint_dir: str = ""  # ALS and long lineages; empty = <lake.root>/_checkpoints
+    options: dict[str, str] = field(default_factory=dict)  # any other spark.* setting
+
+
+@dataclass
+class LakeConfig:
+    root: str = "lake"  # URL (file:///..., hdfs://..., s3a://...); relative = from the working dir
+
+
+@dataclass
+class IngestConfig:
+    format: Literal["csv", "json", "parquet"] = "csv"
+    delimiter: str = ","
+    # source column -> canonical column, for sources whose header differs from the canonical one
+    column_map: dict[str, str] = field(default_factory=dict)
+    # tried in order; Spark datetime patterns
+    timestamp_formats: list[str] = field(default_factory=lambda: [
+        "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd HH:mm", "yyyy-MM-dd",
+        "yyyyMMdd", "M/d/yyyy H:mm", "M/d/yyyy"])
+    max_field_chars: int = 1000  # a longer field is quarantined as oversized_field
+
+
+@dataclass
+class GenerateConfig:
+    """Synthetic input made on first use when `input.path` has no data (the embedded default)."""
+    lines: int = 20000
+    seed: int = 7
+    dirty_rate: float = 0.02
+    start_date: str = "2025-11-23"
+    days: int = 365
+    customers: int = 0  # 0 = derived from lines
+    products: int = 0  # 0 = derived from lines
+
+
+@dataclass
+class InputConfig:
+    """Where the nightly finds raw input for a run date when `--input` is not given."""
+    transactions: str = "data/generated/transactions.csv"
+    ratings: str = ""  # empty = no ratings input
+    images: str = ""  # empty = no images input
+    generate_if_missing: bool = True  # make synthetic transactions if the path does not exist
+
+
+@dataclass
+class ImagesConfig:
+    height: int = 28
+    width: int = 28
+
+
+@dataclass
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    lake: LakeConfig = field(default_factory=LakeConfig)
+    input: InputConfig = field(default_factory=InputConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> Config:
+    """Read `path` (None = all defaults), apply `key=value` overrides, validate, return Config."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {p}: expected a mapping of sections, found "
+                              f"{type(raw).__name__}")
+    for item in expand_overrides(overrides or []):
+        apply_override(raw, item)
+    config = _build(Config, raw, "")
+    if os.environ.get("CI"):
+        config.spark.ui_enabled = False
+    return config
+
+
+def expand_overrides(values: list[str]) -> list[str]:
+    """`--set a.b=1 c.d=2` and repeated `--set` both arrive here; split on whitespace too."""
+    return [pair for value in values for pair in value.split()]
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r}: expected section.key=value")
+    parts = key.split(".")
+    if len(parts) < 2:
+        raise ConfigError(f"override {item!r}: the key must name a section and a field, "
+                          "like lake.root=...")
+    target = raw
+    for part in parts[:-1]:
+        node = target.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+        target = node
+    target[parts[-1]] = yaml.safe_load(text) if text != "" else ""
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, found {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(f"unknown config key {key!r}; known keys here: {', '.join(sorted(names))}")
+    values = {}
+    for name in names & set(raw):
+        key = f"{where}.{name}" if where else name
+        values[name] = _check(hints[name], raw[name], key)
+    return cls(**values)
+
+
+def _check(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r}: expected one of {list(allowed)}, found {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _check(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r}: {value!r} does not fit {tp}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key {key!r}: expected a list, found {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_check(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, found {type(value).__name__}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {_check(key_tp, k, key): _check(val_tp, v, f"{key}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"config key {key!r}: expected null")
+        return None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        # `--set spark.driver_memory=4` or a numeric id; a string field takes the text
+        return str(value)
+    if tp is str and isinstance(value, datetime.date):
+        return value.isoformat()  # YAML reads 2026-11-22 as a date
+    if tp in (int, float, bool, str):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise ConfigError(f"config key {key!r}: expected {tp.__name__}, found "
+                              f"{type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"config key {key!r}: unsupported type {tp}")  # a bug in this module

@@ -1,0 +1,86 @@
+"""The nightly: every stage that exists, in order, for one run date.
+
+A stage already done for the date (status ok in the manifest and its output published) is
+skipped unless `force`. Stages are listed once, in STAGES; later stages add themselves there.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from pyspark.sql import SparkSession
+
+from deepmine.config import Config
+from deepmine.ingest import run_ingest, stage_name
+from deepmine.lake import Lake
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[SparkSession, Config, str, "NightlyInputs"], dict]
+    outputs: tuple[str, ...]  # lake tables whose partition for the date proves the stage done
+    partition_key: str = "run_date"
+    applies: Callable[["NightlyInputs"], bool] = lambda inputs: True
+
+
+@dataclass(frozen=True)
+class NightlyInputs:
+    transactions: str
+    ratings: str = ""
+    images: str = ""
+
+
+def resolve_inputs(config: Config, transactions: str | None = None) -> NightlyInputs:
+    """Where tonight's raw input is; synthetic transactions are made on first use if configured."""
+    path = transactions or config.input.transactions
+    if not transactions and config.input.generate_if_missing and not Path(path).exists():
+        from deepmine.generate import generate_transactions
+        g = config.generate
+        out = Path(path).parent
+        print(f"[nightly] no input at {path}: generating {g.lines} synthetic lines into {out}")
+        generate_transactions(out, lines=g.lines, seed=g.seed, dirty_rate=g.dirty_rate,
+                              start_date=g.start_date, days=g.days, customers=g.customers,
+                              products=g.products)
+    return NightlyInputs(path, config.input.ratings, config.input.images)
+
+
+def _ingest(entity: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
+    def run(spark: SparkSession, config: Config, run_date: str, inputs: NightlyInputs) -> dict:
+        return run_ingest(spark, config, run_date, getattr(inputs, entity), entity)
+    return run
+
+
+STAGES: list[Stage] = [
+    Stage(stage_name("transactions"), _ingest("transactions"),
+          ("clean/transactions", "quarantine/transactions"), "dt"),
+    # ratings and images are ingested only where the config names such an input
+    Stage(stage_name("ratings"), _ingest("ratings"), ("clean/ratings", "quarantine/ratings"), "dt",
+          applies=lambda inputs: bool(inputs.ratings)),
+    Stage(stage_name("images"), _ingest("images"), ("clean/images", "quarantine/images"), "dt",
+          applies=lambda inputs: bool(inputs.images)),
+]
+
+
+def is_done(lake: Lake, stage: Stage, run_date: str) -> bool:
+    record = lake.read_manifest(run_date)["stages"].get(stage.name)
+    if not record or record.get("status") != "ok":
+        return False
+    partition = f"{stage.partition_key}={run_date}"
+    return all(lake.has_partition(table, partition) for table in stage.outputs)
+
+
+def run_nightly(spark: SparkSession, config: Config, run_date: str,
+                transactions: str | None = None, force: bool = False) -> str:
+    """Run every applicable stage for `run_date`; returns the manifest's URL."""
+    lake = Lake(spark, config.lake.root)
+    inputs = resolve_inputs(config, transactions)
+    for stage in STAGES:
+        if not stage.applies(inputs):
+            continue
+        if not force and is_done(lake, stage, run_date):
+            print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
+            continue
+        stage.run(spark, config, run_date, inputs)
+    return lake.manifest_url(run_date)
