@@ -69,7 +69,7 @@ class GenerateConfig:
 @dataclass
 class InputConfig:
     """Where the nightly finds raw input for a run date when `--input` is not given."""
-    transactions: str = "data/generated/transactions.csv"
+    transactions: str = "data/generated/transactions.csv"  # empty = no transactions input
     ratings: str = ""  # empty = no ratings input
     images: str = ""  # empty = no images input
     generate_if_missing: bool = True  # make synthetic transactions if the path does not exist

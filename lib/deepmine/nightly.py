@@ -35,7 +35,7 @@ class NightlyInputs:
 def resolve_inputs(config: Config, transactions: str | None = None) -> NightlyInputs:
     """Where tonight's raw input is; synthetic transactions are made on first use if configured."""
     path = transactions or config.input.transactions
-    if not transactions and config.input.generate_if_missing and not Path(path).exists():
+    if path and not transactions and config.input.generate_if_missing and not Path(path).exists():
         from deepmine.generate import generate_transactions
         g = config.generate
         out = Path(path).parent
@@ -53,9 +53,10 @@ def _ingest(entity: str) -> Callable[[SparkSession, Config, str, NightlyInputs],
 
 
 STAGES: list[Stage] = [
+    # each input is ingested only where the config names one
     Stage(stage_name("transactions"), _ingest("transactions"),
-          ("clean/transactions", "quarantine/transactions"), "dt"),
-    # ratings and images are ingested only where the config names such an input
+          ("clean/transactions", "quarantine/transactions"), "dt",
+          applies=lambda inputs: bool(inputs.transactions)),
     Stage(stage_name("ratings"), _ingest("ratings"), ("clean/ratings", "quarantine/ratings"), "dt",
           applies=lambda inputs: bool(inputs.ratings)),
     Stage(stage_name("images"), _ingest("images"), ("clean/images", "quarantine/images"), "dt",

@@ -7,6 +7,7 @@ and spark-submit's own settings win over ours for anything it sets.
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark.sql import SparkSession
 
@@ -52,6 +53,8 @@ def build_session(config: Config) -> SparkSession:
     sc = config.spark
     if is_local(sc.master):
         os.environ.setdefault("SPARK_LOCAL_IP", sc.local_ip)
+        # Python workers run the driver's interpreter (the venv), not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(sc.app_name)
     if not under_spark_submit():
         builder = builder.master(sc.master)
