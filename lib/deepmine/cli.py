@@ -13,6 +13,13 @@ from deepmine.config import ConfigError, load_config
 
 DEFAULT_CONF = "conf/local.yaml"
 
+# Stages that read the lake and write the lake: `deepmine.<name>.run_<name>(spark, config, date)`.
+MINING_STAGES = {
+    "rfm": "RFM scores, named segments and K-means clusters per customer",
+    "rules": "FP-growth frequent itemsets and association rules with mlxtend's metrics",
+    "recommend": "ALS top-N recommendations with evaluation against a popularity baseline",
+}
+
 
 def run_date(text: str) -> str:
     try:
@@ -45,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", default=None, help="transactions input (default: input.transactions)")
     p.add_argument("--force", action="store_true", help="redo stages already done for the date")
     p.set_defaults(handler=_nightly)
+
+    for name, text in MINING_STAGES.items():
+        p = _stage_parser(sub, name, text)
+        p.set_defaults(handler=_mining_stage)
 
     p = sub.add_parser("generate", help="synthetic transactions with planted truth")
     p.add_argument("--out", required=True)
@@ -88,6 +99,17 @@ def _nightly(args) -> int:
     def work(spark, config):
         url = run_nightly(spark, config, args.date, args.input, args.force)
         print(f"manifest: {url}")
+        return 0
+    return _with_session(args, work)
+
+
+def _mining_stage(args) -> int:
+    from deepmine.nightly import _mining
+
+    def work(spark, config):
+        _mining(args.command)(spark, config, args.date, None)
+        from deepmine.lake import Lake
+        print(f"manifest: {Lake(spark, config.lake.root).manifest_url(args.date)}")
         return 0
     return _with_session(args, work)
 

@@ -72,7 +72,32 @@ class InputConfig:
     transactions: str = "data/generated/transactions.csv"  # empty = no transactions input
     ratings: str = ""  # empty = no ratings input
     images: str = ""  # empty = no images input
+    products: str = "data/generated/products.csv"  # product_id -> category; empty = none
     generate_if_missing: bool = True  # make synthetic transactions if the path does not exist
+
+
+@dataclass
+class RfmConfig:
+    """RFM scores, named segments and K-means customer clusters (lib/deepmine/rfm.py)."""
+    k_min: int = 2  # K-means k is chosen by silhouette over [k_min, k_max]
+    k_max: int = 8
+    seed: int = 42
+
+
+@dataclass
+class RulesConfig:
+    """FP-growth frequent itemsets and association rules (lib/deepmine/rules.py)."""
+    min_support: float = 0.01  # a fraction of baskets
+    min_confidence: float = 0.3
+    max_len: int = 3
+
+
+@dataclass
+class RecommendConfig:
+    """ALS recommendations and their evaluation (lib/deepmine/recommend.py)."""
+    feedback: Literal["implicit", "explicit"] = "implicit"
+    top_n: int = 10
+    seed: int = 42
 
 
 @dataclass
@@ -89,6 +114,9 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    rfm: RfmConfig = field(default_factory=RfmConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

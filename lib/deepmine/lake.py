@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from deepmine.schemas import TABLES, check_schema
 
@@ -117,6 +118,11 @@ class Lake:
         if table in TABLES:
             check_schema(df, TABLES[table], f"lake table {table} at {url}")
         return df
+
+    def read_history(self, table: str, run_date: str, key: str = "dt") -> DataFrame:
+        """Every partition of `table` up to and including `run_date` (each dt holds that day's input)."""
+        df = self.read(table)
+        return df.where(F.col(key).cast("string") <= F.lit(run_date))
 
     def publish(self, df: DataFrame, table: str, partition: str) -> int:
         """Write `df` as `<table>/<partition>` atomically; returns the number of rows written."""

@@ -52,6 +52,15 @@ def _ingest(entity: str) -> Callable[[SparkSession, Config, str, NightlyInputs],
     return run
 
 
+def _mining(name: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
+    """A stage that reads the lake only: `deepmine.<name>.run_<name>(spark, config, run_date)`."""
+    def run(spark: SparkSession, config: Config, run_date: str, inputs: NightlyInputs) -> dict:
+        import importlib
+        module = importlib.import_module(f"deepmine.{name}")
+        return getattr(module, f"run_{name}")(spark, config, run_date)
+    return run
+
+
 STAGES: list[Stage] = [
     # each input is ingested only where the config names one
     Stage(stage_name("transactions"), _ingest("transactions"),
