@@ -95,9 +95,27 @@ class RulesConfig:
 @dataclass
 class RecommendConfig:
     """ALS recommendations and their evaluation (lib/deepmine/recommend.py)."""
+    # implicit: purchase counts from clean/transactions; explicit: ratings from clean/ratings
     feedback: Literal["implicit", "explicit"] = "implicit"
-    top_n: int = 10
-    seed: int = 42
+    top_n: int = 10  # recommendations per customer in mining/recommendations
+    seed: int = 42  # ALS initialisation and the random rating split
+    rank: int = 20  # latent factors
+    reg_param: float = 0.1  # ALS regularization (Spark scales it by each user's/item's count)
+    alpha: float = 10.0  # implicit only: confidence = 1 + alpha * purchase count
+    max_iter: int = 15  # ALS sweeps
+    checkpoint_interval: int = 5  # checkpoint factors every N sweeps so long lineages stay short
+    num_blocks: int = 0  # ALS user and item blocks; 0 = spark.default.parallelism
+    evaluate: bool = True  # hold out a split, score ALS and the popularity baseline on it
+    metrics_k: int = 10  # cut-off of precision/recall/MAP/NDCG@k (names say k: ndcg_at_10)
+    # implicit: the last share of each customer's invoices (customers with >= 2 invoices);
+    # explicit: a random share of the ratings (a hash of seed, user and item: stable across runs)
+    test_fraction: float = 0.2
+    # grid search over these on a validation split cut from the training part (off by default:
+    # every point is one more ALS fit); the best (NDCG@k implicit, RMSE explicit) is used after
+    tune: bool = False
+    tune_rank: list[int] = field(default_factory=lambda: [10, 30])
+    tune_reg_param: list[float] = field(default_factory=lambda: [0.05, 0.15])
+    tune_alpha: list[float] = field(default_factory=lambda: [5.0, 20.0])  # implicit only
 
 
 @dataclass

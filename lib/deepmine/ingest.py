@@ -75,15 +75,24 @@ def list_input_files(lake: Lake, input_path: str) -> list[str]:
         raise IngestError(f"input not found: {input_path}")
     fs, path = lake._fs(url)
     if fs.getFileStatus(path).isFile():
-        return [url]
+        return [_same_form(url)]
     files = []
     for status in fs.listStatus(path):
         name = str(status.getPath().getName())
         if status.isFile() and not name.startswith(("_", ".")):
-            files.append(str(status.getPath().toString()))
+            files.append(_same_form(str(status.getPath().toString())))
     if not files:
         raise IngestError(f"input directory has no data files: {input_path}")
     return sorted(files)
+
+
+def _same_form(url: str) -> str:
+    """Hadoop writes local files as file:/x, Spark's input_file_name() as file:///x; use the latter."""
+    return re.sub(r"^file:/+", "file:///", url)
+
+
+def source_file_column() -> Column:
+    return F.regexp_replace(F.input_file_name(), r"^file:/+", "file:///")
 
 
 def _local_url(path: str) -> str:
@@ -92,7 +101,7 @@ def _local_url(path: str) -> str:
 
 
 def read_first_line(lake: Lake, url: str) -> str | None:
-    """The first line of a file as Spark's text reader will see it (UTF-8, BOM kept); None if empty."""
+    """The first line of a file, decoded as UTF-8 (BOM kept); None if the file is empty."""
     fs, path = lake._fs(url)
     stream = fs.open(path)
     try:
@@ -178,11 +187,11 @@ def _read_csv(spark: SparkSession, lake: Lake, files: list[str], spec: EntitySpe
         if mapping is not None and file_mapping != mapping:
             raise IngestError(f"{url}: header {first!r} differs from the other input files' "
                               f"(expected the columns {mapping})")
-        mapping, headers[url] = file_mapping, first
+        mapping, headers[url] = file_mapping, first.lstrip("\ufeff")
     if mapping is None:  # only empty files
         return _empty_records(spark, spec)
     lines = (spark.read.text([u for u in files if u in headers])
-             .select(F.col("value").alias("raw_record"), F.input_file_name().alias("source_file")))
+             .select(F.col("value").alias("raw_record"), source_file_column().alias("source_file")))
     header_of = F.create_map(*[x for url, h in headers.items() for x in (F.lit(url), F.lit(h))])
     return lines_to_records(lines, header_of, mapping, spec, cfg)
 
@@ -194,7 +203,8 @@ def lines_to_records(lines: DataFrame, header_of: Column, mapping: list[str | No
     A file's header line is its first line; any other line equal to it is a data line like any
     other (it will be quarantined as a duplicate or for its bad values).
     """
-    is_header = F.col("raw_record") == header_of[F.col("source_file")]
+    # Hadoop's line reader drops a UTF-8 byte-order mark at the start of a file; compare without it
+    is_header = F.regexp_replace("raw_record", "^\ufeff", "") == header_of[F.col("source_file")]
     header_rank = F.row_number().over(
         Window.partitionBy("source_file", "raw_record").orderBy(F.lit(1)))
     lines = (lines.withColumn("_header_rank", F.when(is_header, header_rank))
@@ -227,7 +237,7 @@ def _read_json(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: Ing
                           + [T.StructField("_corrupt_record", T.StringType())])
     df = (spark.read.schema(schema).option("mode", "PERMISSIVE")
           .option("columnNameOfCorruptRecord", "_corrupt_record").json(files)
-          .withColumn("source_file", F.input_file_name()))
+          .withColumn("source_file", source_file_column()))
     fields = [F.col(c) for c in spec.columns]
     raw = F.coalesce(F.col("_corrupt_record"), F.to_json(F.struct(*fields)))
     problem = (F.when(F.col("_corrupt_record").isNotNull(), F.lit(MALFORMED_RECORD))
@@ -250,7 +260,7 @@ def _read_parquet(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: 
         else:
             as_text[field.name] = F.col(field.name).cast("string")
     cols = [as_text.get(c, F.lit(None).cast("string")).alias(c) for c in spec.columns]
-    out = df.select(*cols).withColumn("source_file", F.input_file_name())
+    out = df.select(*cols).withColumn("source_file", source_file_column())
     raw = F.to_json(F.struct(*[F.col(c) for c in spec.columns]))
     return out.select(raw.alias("raw_record"), "source_file", F.lit(None).cast("string").alias("problem"),
                       *spec.columns)

@@ -46,6 +46,18 @@ QUARANTINE = T.StructType([
     T.StructField("source_file", T.StringType(), False),
 ])
 
+# Top-N recommendations per customer; `source` says who made the row: `als`, or `popularity` for
+# customers the model does not know. `score` is ALS's predicted preference (implicit) or rating
+# (explicit) for `als` rows, the share of customers who bought/rated the product for `popularity`
+# rows: compare scores within a source only. `rank` is 1..top_n per customer.
+RECOMMENDATIONS = T.StructType([
+    T.StructField("customer_id", T.StringType(), False),
+    T.StructField("product_id", T.StringType(), False),
+    T.StructField("rank", T.IntegerType(), False),
+    T.StructField("score", T.DoubleType(), False),
+    T.StructField("source", T.StringType(), False),
+])
+
 TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
@@ -53,6 +65,7 @@ TABLES: dict[str, T.StructType] = {
     "quarantine/transactions": QUARANTINE,
     "quarantine/ratings": QUARANTINE,
     "quarantine/images": QUARANTINE,
+    "mining/recommendations": RECOMMENDATIONS,
 }
 
 

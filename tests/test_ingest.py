@@ -1,0 +1,180 @@
+"""Ingest: transforms on tiny frames compared whole, hand-broken files, re-runs, clear errors."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+from pyspark.sql import Row
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from deepmine.config import IngestConfig
+from deepmine.ingest import (ENTITY_SPECS, IngestError, classify_transactions, lines_to_records,
+                             run_ingest, split_clean, split_quarantine)
+from deepmine.lake import Lake
+
+HEADER = "invoice_id,customer_id,product_id,quantity,unit_price,invoice_ts,country"
+DATE = "2026-11-22"
+
+
+def _ts(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+def _classify(spark, lines: list[str], source="file:///in.csv"):
+    frame = spark.createDataFrame([(line, source) for line in [HEADER, *lines]],
+                                  "raw_record string, source_file string")
+    cfg = IngestConfig()
+    mapping = HEADER.split(",")
+    header_of = F.create_map(F.lit(source), F.lit(HEADER))
+    records = lines_to_records(frame, header_of, mapping, ENTITY_SPECS["transactions"], cfg)
+    return classify_transactions(records, cfg)
+
+
+def test_classify_transactions_whole_result(spark):
+    lines = [
+        "I1,C1,P1,2,3.50,2026-01-02 10:00:00,UK",
+        "I1,C1,P2,1,1.25,2026-01-02 10:00:00,UK",
+        "I1,C1,P2,1,1.25,2026-01-02 10:00:00,UK",          # exact duplicate line
+        "I1,C1,P2,1.0,1.250,2026-01-02 10:00:00,UK",       # same invoice line, other text
+        "C2,C1,P1,-1,3.50,2026-01-03 10:00:00,UK",         # a return: kept, flagged
+        '"I3","C2","P,3",3,2,1/5/2026 9:30,"Fr""ance"',    # quoted fields, US date
+        "I4,C2,P3,1,2",                                    # wrong column count
+        "I5,,P3,1,2,2026-01-05 00:00:00,UK",               # missing customer
+        "I6,C2,P3,x,2,2026-01-05 00:00:00,UK",             # bad quantity
+        "I7,C2,P3,0,2,2026-01-05 00:00:00,UK",             # zero quantity
+        "I8,C2,P3,1,-2,2026-01-05 00:00:00,UK",            # negative price
+        "I9,C2,P3,1,2,someday,UK",                         # bad timestamp
+        "  ",                                              # empty line
+    ]
+    classified = _classify(spark, lines)
+    expected_clean = spark.createDataFrame([
+        Row("I1", "C1", "P1", 2, 3.5, _ts("2026-01-02 10:00:00"), "UK", False, "file:///in.csv"),
+        Row("I1", "C1", "P2", 1, 1.25, _ts("2026-01-02 10:00:00"), "UK", False, "file:///in.csv"),
+        Row("C2", "C1", "P1", -1, 3.5, _ts("2026-01-03 10:00:00"), "UK", True, "file:///in.csv"),
+        Row("I3", "C2", "P,3", 3, 2.0, _ts("2026-01-05 09:30:00"), 'Fr"ance', False, "file:///in.csv"),
+    ], split_clean(classified, "transactions").schema)
+    assertDataFrameEqual(split_clean(classified, "transactions"), expected_clean)
+    expected_quarantine = [(lines[i], reason) for i, reason in [
+        (2, "duplicate_line"), (3, "repeated_invoice_line"), (6, "wrong_column_count"),
+        (7, "missing_customer_id"), (8, "bad_quantity"), (9, "zero_quantity"),
+        (10, "nonpositive_price"), (11, "bad_timestamp"), (12, "empty_line")]]
+    got = split_quarantine(classified).select("raw_record", "quarantine_reason")
+    assertDataFrameEqual(got, spark.createDataFrame(expected_quarantine, got.schema))
+
+
+# A file broken by hand, in ways the generator does not make: every line's fate is known.
+GOOD = [f"H{i:03d},K{i % 7},SKU{i % 11},{1 + i % 4},{1 + i % 9}.99,2026-02-{1 + i % 28:02d} 12:00:00,NL"
+        for i in range(90)]
+BROKEN = [
+    (b"H900\tK1\tSKU1\t1\t1.99\t2026-02-01 12:00:00\tNL", "wrong_column_count"),  # tab-delimited
+    (b"H901,K1,SKU1,1,1.99,2026-02-01 12:0", "wrong_column_count"),               # truncated
+    (b"\x00\x9f\xff\xfe binary \x81 garbage", "bad_encoding"),
+    (b"H902,K1," + b"S" * 5000 + b",1,1.99,2026-02-01 12:00:00,NL", "oversized_field"),
+    (b"H903,K1,SKU1,NaN,1.99,2026-02-01 12:00:00,NL", "bad_quantity"),
+    (b"H904,K1,SKU1,2,Infinity,2026-02-01 12:00:00,NL", "bad_price"),
+    (b"H905,K1,,2,1.99,2026-02-01 12:00:00,NL", "missing_product_id"),
+    (HEADER.encode(), "bad_quantity"),                                          # header repeated
+    (b"H906;K1;SKU1;2;1,99;2026-02-01 12:00:00;NL", "wrong_column_count"),      # wrong delimiter
+    (b"H907,K1,SKU1,2.5,1.99,2026-02-01 12:00:00,NL", "bad_quantity"),          # fractional
+]
+
+
+def test_hand_broken_file_every_line_accounted(spark, make_config, tmp_path):
+    path = tmp_path / "handmade.csv"
+    body = [line.encode() for line in GOOD[:45]] + [b for b, _ in BROKEN] + \
+           [line.encode() for line in GOOD[45:]]
+    path.write_bytes(b"\xef\xbb\xbf" + HEADER.encode() + b"\r\n" + b"\r\n".join(body) + b"\r\n")
+    config = make_config()
+    counts = run_ingest(spark, config, DATE, str(path))
+    expected_reasons: dict[str, int] = {}
+    for _, reason in BROKEN:
+        expected_reasons[reason] = expected_reasons.get(reason, 0) + 1
+    assert counts["rows_read"] == 100
+    assert counts["rows_clean"] == 90
+    assert counts["quarantined_by_reason"] == dict(sorted(expected_reasons.items()))
+    lake = Lake(spark, config.lake.root)
+    clean = lake.read("clean/transactions", f"dt={DATE}")
+    assert sorted(r.invoice_id for r in clean.select("invoice_id").collect()) == \
+        sorted(line.split(",")[0] for line in GOOD)
+    quarantined = lake.read("quarantine/transactions", f"dt={DATE}").collect()
+    assert all(r.source_file.endswith("handmade.csv") for r in quarantined)
+
+
+def test_reingest_same_date_gives_identical_rows(spark, make_config, tmp_path):
+    path = tmp_path / "tx.csv"
+    path.write_text("\n".join([HEADER, *GOOD[:30], GOOD[3], "x,y"]) + "\n")
+    config = make_config()
+    lake = Lake(spark, config.lake.root)
+    first = run_ingest(spark, config, DATE, str(path))
+    rows1 = {t: sorted(lake.read(t, f"dt={DATE}").collect()) for t in
+             ("clean/transactions", "quarantine/transactions")}
+    second = run_ingest(spark, config, DATE, str(path))
+    rows2 = {t: sorted(lake.read(t, f"dt={DATE}").collect()) for t in rows1}
+    assert first == second
+    assert rows1 == rows2
+    assert (first["rows_clean"], first["rows_quarantined"]) == (30, 2)
+    manifest = json.loads(lake.read_text(lake.manifest_url(DATE)))
+    stage = manifest["stages"]["ingest"]
+    assert stage["status"] == "ok" and stage["counts"]["rows_read"] == 32
+    assert set(stage) >= {"start", "end", "seconds", "counts"}
+
+
+def test_json_and_ratings_and_images(spark, make_config, tmp_path):
+    config = make_config()
+    lake = Lake(spark, config.lake.root)
+    tx = tmp_path / "tx.json"
+    tx.write_text('{"invoice_id": "J1", "customer_id": "C1", "product_id": "P1", "quantity": 2, '
+                  '"unit_price": 1.5, "invoice_ts": "2026-03-01 08:00:00"}\n{"invoice_id": "J2", oops\n')
+    counts = run_ingest(spark, config, DATE, str(tx), fmt="json")
+    assert (counts["rows_read"], counts["rows_clean"]) == (2, 1)
+    assert counts["quarantined_by_reason"] == {"malformed_record": 1}
+
+    ratings = tmp_path / "ratings.csv"
+    ratings.write_text("user_id,item_id,rating,rated_ts\nu1,i1,4,881250949\nu1,i1,5,881250999\n"
+                       "u2,i1,abc,881250949\nu2,i2,3.5,1997-12-04 15:55:49\n")
+    counts = run_ingest(spark, config, DATE, str(ratings), entity="ratings")
+    assert counts["quarantined_by_reason"] == {"bad_rating": 1, "superseded_rating": 1}
+    got = lake.read("clean/ratings", f"dt={DATE}").select("user_id", "item_id", "rating", "rated_ts")
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("u1", "i1", 5.0, _ts("1997-12-04 15:56:39")), ("u2", "i2", 3.5, _ts("1997-12-04 15:55:49"))],
+        got.schema))
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    images = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"image_id": ["a", "b", "c", "a"], "label": [1, None, 3, 1],
+                             "pixels": [bytes(784), bytes(10), bytes(784), bytes([1]) * 784],
+                             "split": ["train", "test", "valid", "train"]}), images)
+    counts = run_ingest(spark, config, DATE, str(images), entity="images")
+    assert counts["quarantined_by_reason"] == {"bad_pixels": 1, "bad_split": 1, "duplicate_image_id": 1}
+    clean = lake.read("clean/images", f"dt={DATE}").collect()
+    assert [(r.image_id, r.label, bytes(r.pixels)) for r in clean] == [("a", 1, bytes(784))]
+
+
+def test_clear_errors_name_the_file(spark, make_config, tmp_path):
+    config = make_config()
+    with pytest.raises(IngestError, match="input not found: .*nothing.csv"):
+        run_ingest(spark, config, DATE, str(tmp_path / "nothing.csv"))
+    bad = tmp_path / "bad_header.csv"
+    bad.write_text("InvoiceNo,customer_id,product_id,quantity,unit_price,invoice_ts\nI1,C1,P1,1,1,2026-01-01\n")
+    with pytest.raises(IngestError, match=r"bad_header.csv: wrong header for transactions: "
+                                          r"missing column\(s\) \['invoice_id'\]; unexpected column"):
+        run_ingest(spark, config, DATE, str(bad))
+    with pytest.raises(IngestError, match="unknown input format 'xml' for .*bad_header.csv"):
+        run_ingest(spark, config, DATE, str(bad), fmt="xml")
+    # the same file is fine once the column is mapped, and country may be absent
+    mapped = make_config("ingest.column_map.InvoiceNo=invoice_id")
+    counts = run_ingest(spark, mapped, DATE, str(bad))
+    assert (counts["rows_read"], counts["rows_clean"]) == (1, 1)
+
+
+def test_empty_and_header_only_files(spark, make_config, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a_empty.csv").write_text("")
+    (folder / "b_header_only.csv").write_text(HEADER + "\n")
+    (folder / "c_data.csv").write_text(HEADER + "\n" + GOOD[0] + "\n")
+    counts = run_ingest(spark, make_config(), DATE, str(folder))
+    assert (counts["rows_read"], counts["rows_clean"], counts["rows_quarantined"]) == (1, 1, 0)
