@@ -81,7 +81,11 @@ class RfmConfig:
     """RFM scores, named segments and K-means customer clusters (lib/deepmine/rfm.py)."""
     k_min: int = 2  # K-means k is chosen by silhouette over [k_min, k_max]
     k_max: int = 8
-    seed: int = 42
+    seed: int = 42  # K-means seed: same input + seed -> same clusters
+    max_iter: int = 50  # K-means iterations per k
+    # how returns count in monetary: net = a return subtracts its amount; ignore = purchases only
+    # (recency and frequency always count purchase invoices only)
+    returns: Literal["net", "ignore"] = "net"
 
 
 @dataclass
@@ -89,7 +93,11 @@ class RulesConfig:
     """FP-growth frequent itemsets and association rules (lib/deepmine/rules.py)."""
     min_support: float = 0.01  # a fraction of baskets
     min_confidence: float = 0.3
-    max_len: int = 3
+    max_len: int = 3  # the longest itemset mined; rules come from itemsets up to this length
+    min_basket_count: int = 0  # > 0: minimum support as a number of baskets (min_support unused)
+    level: Literal["product", "category"] = "product"  # items: products, or their categories
+    category_column: str = "category"  # input.products column that names a product's category
+    num_partitions: int = 0  # FPGrowth partitions; 0 = spark.shuffle_partitions
 
 
 @dataclass

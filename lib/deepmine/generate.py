@@ -32,8 +32,8 @@ plan, one per block), so the same arguments give byte-identical files.
 Planted structure
 -----------------
 * Four customer groups (:data:`GROUPS`) that differ in recency (days from the last purchase to
-  ``as_of``), frequency (distinct purchase invoices) and spend; they are well separated on log-scaled
-  RFM.
+  ``as_of``), frequency (distinct purchase invoices) and spend; they are well separated on
+  log-scaled RFM.
 * A few product bundles: when a basket holds a bundle's trigger (a planted share of baskets), the
   rest of the bundle is added with a planted probability. Bundle products are bought only this way,
   so the realized support of every other pair stays far below the bundles' (recorded in
@@ -41,14 +41,14 @@ Planted structure
 * Returns: about 1% of lines; each is a one-line invoice ``C...`` by the same customer, 1-30 days
   after the purchase it returns, with the same product and unit price and a negative quantity.
 * Dirty lines (``dirty_rate``): each has exactly one defect, one of :data:`DIRTY_KINDS`. Only
-  ordinary purchase lines that are not returned later are broken, so bundles and returns stay intact.
+  ordinary purchase lines that are not returned later are broken, so bundles and returns stay
+  intact.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import math
 import operator
 import os
 import re
@@ -357,8 +357,8 @@ def _solve_scale(lines: int, customers: int, shares, extra: float) -> float:
 
 
 class _Plan:
-    """Customers and invoices, held in memory in compact arrays (about 7 bytes per line), with basket
-    sizes adjusted so that the file has exactly ``lines`` lines.
+    """Customers and invoices, held in memory in compact arrays (about 7 bytes per line), with
+    basket sizes adjusted so that the file has exactly ``lines`` lines.
 
     Purchases are indexed by ``p`` (grouped by customer), returns by ``r`` (in the order of the
     purchase they return). ``order`` lists all invoices by time: ``order < n_purchases`` is a
@@ -531,7 +531,9 @@ class _Plan:
                     self.extra[i] = self.trig[i] = self.comp[i] = 0
             T = self._total()
         if T < lines:
-            cap = lambda b: np.where(b > 0, catalog.max_basket - b.astype(np.int64), 0)  # noqa: E731
+            def cap(b):
+                return np.where(b > 0, catalog.max_basket - b.astype(np.int64), 0)
+
             if self._spread(rng, lines - T, cap, +1) > 0:
                 raise ValueError(
                     f"lines={lines} is too many for the number of customers; "
@@ -556,11 +558,10 @@ def _cents_str(c: int) -> str:
 class _Writer:
     """Generates and writes one block of invoices at a time."""
 
-    def __init__(self, seed, plan: _Plan, catalog: _Catalog, start, days, dirty_per_chunk):
+    def __init__(self, seed, plan: _Plan, catalog: _Catalog, start, dirty_per_chunk):
         self.seed = seed
         self.plan = plan
         self.cat = catalog
-        self.days = days
         self.start64 = np.datetime64(start.isoformat(), "s")
         self.dirty_per_chunk = dirty_per_chunk
         P = catalog.n
@@ -702,7 +703,8 @@ class _Writer:
             kinds[dsel[no_src]] = DIRTY_KINDS.index("bad_quantity")
             dsel, p, n_before = dsel[~no_src], p[~no_src], n_before[~no_src]
             src = clean_pos[np.floor(rng.random(len(p)) * n_before).astype(np.int64)]
-            src_prod, src_qty, src_level, src_cust = prod.copy(), qty.copy(), level.copy(), cust.copy()
+            src_prod, src_qty = prod.copy(), qty.copy()
+            src_level, src_cust = level.copy(), cust.copy()
             for arr_dst, arr_src in (
                 (src_row, row),
                 (src_prod, prod),
@@ -740,7 +742,7 @@ class _Writer:
         for kk in range(len(DIRTY_KINDS)):
             self.dirty[DIRTY_KINDS[kk]] += int((kinds == kk).sum())
 
-        return self._render(rng, k, r0, n_rows, is_ret_row, row_ts, src_row, src_cust, src_prod,
+        return self._render(rng, r0, n_rows, is_ret_row, row_ts, src_row, src_cust, src_prod,
                             src_qty, src_level, dirty_pos, kinds, L)
 
     def _pick(self, rng, cust):
@@ -749,7 +751,7 @@ class _Writer:
         cat_idx = (u[:, None] >= cum[:, :9]).sum(axis=1)
         return self.cat.pick(np.minimum(cat_idx, 9), rng.random(len(cust)))
 
-    def _render(self, rng, k, r0, n_rows, is_ret_row, ts_sec, row, cust, prod, qty, level,
+    def _render(self, rng, r0, n_rows, is_ret_row, ts_sec, row, cust, prod, qty, level,
                 dirty_pos, kinds, L) -> bytes:
         plan = self.plan
         nums = np.arange(r0 + 1, r0 + n_rows + 1, dtype=np.int64)
@@ -860,11 +862,13 @@ class _Writer:
                     add,
                     [c + b"," + _EXTRA_FIELDS[w].encode() for c, w in zip(base, which.tolist())],
                 )
-            # dropped field: a null is skipped by the join, separator included
+            # dropped field: a null is skipped by the join, separator included. invoice_id and
+            # product_id stay, so that no two broken lines can be identical.
             rem = pos[drop]
             if len(rem):
-                field = rng.integers(0, len(TRANSACTION_COLUMNS), len(rem))
-                for f in range(len(TRANSACTION_COLUMNS)):
+                droppable = np.array([1, 3, 4, 5, 6])
+                field = droppable[rng.integers(0, len(droppable), len(rem))]
+                for f in droppable.tolist():
                     sel = rem[field == f]
                     if len(sel):
                         mask = np.zeros(L, dtype=bool)
@@ -897,7 +901,8 @@ def generate_transactions(
     products: int = 0,
     progress: bool = False,
 ) -> dict:
-    """Writes out_dir/transactions.csv, out_dir/products.csv, out_dir/truth.json; returns the truth dict.
+    """Writes out_dir/transactions.csv, out_dir/products.csv, out_dir/truth.json; returns the
+    truth dict.
 
     Also writes out_dir/customers_truth.csv (``customer_id,group,taste_category_0..9``).
 
@@ -937,7 +942,7 @@ def generate_transactions(
     else:
         dirty_per_chunk = np.zeros(n_chunks, dtype=np.int64)
 
-    writer = _Writer(seed, plan, catalog, start, days, dirty_per_chunk)
+    writer = _Writer(seed, plan, catalog, start, dirty_per_chunk)
 
     def blocks():
         yield (",".join(TRANSACTION_COLUMNS) + "\n").encode()
@@ -1096,6 +1101,11 @@ def generate_transactions(
         "dirty_requested": dirty_requested,
         "groups": groups,
         "bundles": bundles,
+        "dirty_lines_note": (
+            "each broken line has exactly one defect; only ordinary purchase lines that are not "
+            "returned later are broken; broken lines are all distinct from each other and from "
+            "the clean lines, except duplicate_line, an exact copy of an earlier clean line"
+        ),
         "bundle_stats_basis": (
             "realized values count purchase invoices (id starting with I) over the clean lines; "
             "the denominator is counts.clean_purchase_invoices (invoices with at least one clean "

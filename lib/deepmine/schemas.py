@@ -58,6 +58,46 @@ RECOMMENDATIONS = T.StructType([
     T.StructField("source", T.StringType(), False),
 ])
 
+# mining/rfm/run_date=D: one row per customer with a purchase up to D (lib/deepmine/rfm.py).
+MINING_RFM = T.StructType([
+    T.StructField("customer_id", T.StringType(), False),
+    T.StructField("recency_days", T.IntegerType(), False),
+    T.StructField("frequency", T.LongType(), False),
+    T.StructField("monetary", T.DoubleType(), True),  # null when a line has no unit_price
+    T.StructField("r_score", T.IntegerType(), False),
+    T.StructField("f_score", T.IntegerType(), False),
+    T.StructField("m_score", T.IntegerType(), True),
+    T.StructField("segment", T.StringType(), False),
+    T.StructField("cluster", T.IntegerType(), False),
+])
+
+# mining/rfm_segments/run_date=D: size and mean values per named segment and per cluster.
+MINING_RFM_SEGMENTS = T.StructType([
+    T.StructField("grouping", T.StringType(), False),  # "segment" or "cluster"
+    T.StructField("name", T.StringType(), False),  # the segment's name or the cluster's number
+    T.StructField("customers", T.LongType(), False),
+    T.StructField("share", T.DoubleType(), False),  # of all scored customers
+    T.StructField("mean_recency_days", T.DoubleType(), True),
+    T.StructField("mean_frequency", T.DoubleType(), True),
+    T.StructField("mean_monetary", T.DoubleType(), True),
+])
+
+# mining/itemsets/run_date=D: frequent itemsets (lib/deepmine/rules.py).
+MINING_ITEMSETS = T.StructType([
+    T.StructField("items", T.ArrayType(T.StringType()), False),  # sorted
+    T.StructField("support", T.DoubleType(), False),  # fraction of baskets
+])
+
+# mining/rules/run_date=D: association rules with mlxtend's metric names and definitions.
+MINING_RULES = T.StructType([
+    T.StructField("antecedents", T.ArrayType(T.StringType()), False),  # sorted
+    T.StructField("consequents", T.ArrayType(T.StringType()), False),  # sorted
+    *[T.StructField(name, T.DoubleType(), False) for name in (
+        "antecedent support", "consequent support", "support", "confidence", "lift", "leverage",
+        "conviction",  # Infinity when confidence is 1, as mlxtend's np.inf
+        "zhangs_metric", "jaccard", "certainty", "kulczynski")],
+])
+
 TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
@@ -65,6 +105,10 @@ TABLES: dict[str, T.StructType] = {
     "quarantine/transactions": QUARANTINE,
     "quarantine/ratings": QUARANTINE,
     "quarantine/images": QUARANTINE,
+    "mining/rfm": MINING_RFM,
+    "mining/rfm_segments": MINING_RFM_SEGMENTS,
+    "mining/itemsets": MINING_ITEMSETS,
+    "mining/rules": MINING_RULES,
     "mining/recommendations": RECOMMENDATIONS,
 }
 

@@ -1,0 +1,548 @@
+"""Recommendations: ALS top-N per customer, scored on a held-out split beside a popularity baseline.
+
+Owns `mining/recommendations/run_date=D` (customer_id, product_id, rank, score, source) and the
+`recommend` entry of the run manifest (counts, the ALS parameters used, evaluation figures).
+
+Feedback (`recommend.feedback`)
+  implicit  clean/transactions up to the run date. The signal of a (customer, product) pair is its
+            purchase count: the number of distinct invoices that bought it (quantity > 0). Returns
+            add no signal; a returned product was still bought, so it is never recommended back.
+            ALS runs with implicitPrefs, confidence 1 + alpha * purchase count.
+  explicit  clean/ratings up to the run date; user_id becomes customer_id, item_id product_id, and
+            the rating is the signal.
+
+Evaluation (`recommend.evaluate`), on a held-out split, before the final fit
+  implicit  by time per customer: a customer with n >= 2 purchase invoices has the last
+            ceil(test_fraction * n) of them (at most n - 1) held out. Relevant = the products bought
+            in the held-out invoices that the customer had not bought before, i.e. exactly what a
+            list that excludes past purchases can hit. ALS and the popularity baseline (products
+            ranked by number of buyers in the training part) each recommend `metrics_k` unseen
+            products to every customer with a relevant product; precision@k, recall@k, MAP@k and
+            NDCG@k (binary relevance, defined at `ranking_metrics`), the baseline's beside them as
+            `baseline_<metric>`.
+  explicit  random: a rating is held out when a hash of (seed, user, item) falls below
+            test_fraction, which is stable across runs and partitionings. RMSE and MAE of ALS's
+            predictions clipped to the training rating range, on held-out pairs whose user and item
+            both occur in training (the rest are counted as `test_cold_dropped`), beside a baseline
+            that predicts each item's mean training rating, on the same pairs.
+
+Tuning (`recommend.tune`, off by default): the training part is split again the same way, each point
+of tune_rank x tune_reg_param (x tune_alpha, implicit) is fit on the rest and scored on that
+validation part (NDCG@k implicit, RMSE explicit); the best point is used for the evaluation and the
+final fit, and the whole grid goes into the manifest.
+
+Final recommendations: ALS fit on all history up to the run date. Every customer the model knows
+gets its `top_n` best products among those it has not bought (rated), `source = als`; every other
+customer in the history (e.g. one with only returns) gets the most popular products it has not
+bought, `source = popularity`.
+
+ALS needs integer ids: customer and product ids are indexed in alphabetical order (StringIndexer),
+so the same history gives the same indices, and mapped back by joins.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any
+
+from pyspark.ml.feature import StringIndexer
+from pyspark.ml.recommendation import ALS, ALSModel
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from deepmine.config import Config, ConfigError, RecommendConfig
+from deepmine.lake import Lake, StageRun
+
+CUSTOMER, PRODUCT = "customer_id", "product_id"
+STRENGTH = "strength"  # the ALS signal: purchase count (implicit) or rating (explicit)
+HELD_OUT = "held_out"
+USER, ITEM = "_user", "_item"  # ALS's integer ids
+TABLE = "mining/recommendations"
+SOURCE_ALS, SOURCE_POPULARITY = "als", "popularity"
+
+
+# =============================================================== parameters
+
+@dataclass(frozen=True)
+class AlsParams:
+    """One ALS configuration; `estimator()` builds the Spark ML estimator for it."""
+    implicit: bool
+    rank: int
+    reg_param: float
+    alpha: float
+    max_iter: int
+    seed: int
+    checkpoint_interval: int
+    num_blocks: int
+
+    @classmethod
+    def from_config(cls, cfg: RecommendConfig, default_blocks: int) -> "AlsParams":
+        return cls(implicit=cfg.feedback == "implicit", rank=cfg.rank, reg_param=cfg.reg_param,
+                   alpha=cfg.alpha, max_iter=cfg.max_iter, seed=cfg.seed,
+                   checkpoint_interval=cfg.checkpoint_interval,
+                   num_blocks=cfg.num_blocks or max(1, default_blocks))
+
+    def estimator(self) -> ALS:
+        return ALS(rank=self.rank, maxIter=self.max_iter, regParam=self.reg_param,
+                   alpha=self.alpha, implicitPrefs=self.implicit, seed=self.seed,
+                   checkpointInterval=self.checkpoint_interval,
+                   numUserBlocks=self.num_blocks, numItemBlocks=self.num_blocks,
+                   userCol=USER, itemCol=ITEM, ratingCol=STRENGTH, coldStartStrategy="drop")
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"rank": self.rank, "reg_param": self.reg_param,
+                               "max_iter": self.max_iter}
+        if self.implicit:
+            out["alpha"] = self.alpha
+        return out
+
+
+def check_config(cfg: RecommendConfig) -> None:
+    """Raise ConfigError naming the first `recommend.*` key out of range."""
+    positive = {"top_n": cfg.top_n, "rank": cfg.rank, "max_iter": cfg.max_iter,
+                "metrics_k": cfg.metrics_k, "checkpoint_interval": cfg.checkpoint_interval}
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"config key 'recommend.{key}': expected an integer >= 1, found {value}")
+    if cfg.num_blocks < 0:
+        raise ConfigError(f"config key 'recommend.num_blocks': expected >= 0 (0 = "
+                          f"spark.default.parallelism), found {cfg.num_blocks}")
+    if not 0.0 < cfg.test_fraction < 1.0:
+        raise ConfigError(f"config key 'recommend.test_fraction': expected a fraction in (0, 1), "
+                          f"found {cfg.test_fraction}")
+    for key in ("reg_param", "alpha"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config key 'recommend.{key}': expected >= 0, found {getattr(cfg, key)}")
+    if cfg.tune:
+        for key in ("tune_rank", "tune_reg_param", "tune_alpha"):
+            if not getattr(cfg, key):
+                raise ConfigError(f"config key 'recommend.{key}': tuning needs at least one value")
+
+
+# =============================================================== interactions
+
+def purchase_lines(transactions: DataFrame) -> DataFrame:
+    """Clean transaction lines -> the purchase lines (quantity > 0) that implicit ALS learns from."""
+    return (transactions.where(F.col("quantity") > 0)
+            .select(CUSTOMER, PRODUCT, "invoice_id", "invoice_ts"))
+
+
+def purchase_counts(lines: DataFrame) -> DataFrame:
+    """Purchase lines -> (customer_id, product_id, strength = number of distinct invoices)."""
+    return (lines.groupBy(CUSTOMER, PRODUCT)
+            .agg(F.countDistinct("invoice_id").cast("double").alias(STRENGTH)))
+
+
+def rating_interactions(ratings: DataFrame) -> DataFrame:
+    """Clean ratings -> (customer_id, product_id, strength = rating)."""
+    return ratings.select(F.col("user_id").alias(CUSTOMER), F.col("item_id").alias(PRODUCT),
+                          F.col("rating").cast("double").alias(STRENGTH))
+
+
+def split_by_time(lines: DataFrame, test_fraction: float) -> DataFrame:
+    """Adds `held_out`: true on the lines of each customer's last ceil(test_fraction * n) invoices
+    (n = the customer's distinct invoices; at most n - 1, none when n < 2). Invoices are ordered by
+    their first timestamp, ties by invoice_id."""
+    invoices = (lines.groupBy(CUSTOMER, "invoice_id")
+                .agg(F.min("invoice_ts").alias("_invoice_ts")))
+    latest_first = Window.partitionBy(CUSTOMER).orderBy(F.col("_invoice_ts").desc(),
+                                                       F.col("invoice_id").desc())
+    n = F.count(F.lit(1)).over(Window.partitionBy(CUSTOMER))
+    held = F.least(F.ceil(n * F.lit(test_fraction)), n - 1)
+    invoices = invoices.select(CUSTOMER, "invoice_id",
+                               (F.row_number().over(latest_first) <= held).alias(HELD_OUT))
+    return lines.join(invoices, [CUSTOMER, "invoice_id"])
+
+
+def split_random(interactions: DataFrame, test_fraction: float, seed: int, salt: str = "test") -> DataFrame:
+    """Adds `held_out`: true for about `test_fraction` of the (customer, product) pairs, chosen by a
+    hash of (seed, salt, customer, product), so the split does not depend on partitioning."""
+    bucket = F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), CUSTOMER, PRODUCT), F.lit(1_000_000))
+    return interactions.withColumn(HELD_OUT, bucket < F.lit(int(round(test_fraction * 1_000_000))))
+
+
+def new_relevant(test_lines: DataFrame, train: DataFrame) -> DataFrame:
+    """Products bought in the held-out part that the customer had not bought in the training part."""
+    return (test_lines.select(CUSTOMER, PRODUCT).distinct()
+            .join(train.select(CUSTOMER, PRODUCT), [CUSTOMER, PRODUCT], "left_anti"))
+
+
+# =============================================================== models
+
+@dataclass
+class FittedAls:
+    """An ALS model with the id maps between deepmine's string ids and ALS's integer ids."""
+    model: ALSModel
+    users: DataFrame  # customer_id, _user
+    items: DataFrame  # product_id, _item
+    n_items: int
+
+    def unpersist(self) -> None:
+        self.users.unpersist()
+        self.items.unpersist()
+        self.model.userFactors.unpersist()
+        self.model.itemFactors.unpersist()
+
+
+def _index(interactions: DataFrame, column: str, index_column: str) -> tuple[DataFrame, int]:
+    ids = interactions.select(column).distinct()
+    indexer = StringIndexer(inputCol=column, outputCol=index_column,
+                            stringOrderType="alphabetAsc").fit(ids)
+    mapping = indexer.transform(ids).select(column, F.col(index_column).cast("int").alias(index_column))
+    return mapping.persist(), len(indexer.labels)
+
+
+def fit_als(interactions: DataFrame, params: AlsParams) -> FittedAls:
+    """Fit ALS on (customer_id, product_id, strength)."""
+    users, _ = _index(interactions, CUSTOMER, USER)
+    items, n_items = _index(interactions, PRODUCT, ITEM)
+    data = (interactions.join(F.broadcast(items), PRODUCT).join(users, CUSTOMER)
+            .select(USER, ITEM, STRENGTH))
+    model = params.estimator().fit(data)
+    return FittedAls(model, users, items, n_items)
+
+
+def predict(fitted: FittedAls, pairs: DataFrame) -> DataFrame:
+    """Adds `prediction` to (customer_id, product_id, ...) rows whose customer and product the model
+    knows; other rows are dropped."""
+    known = pairs.join(fitted.users, CUSTOMER).join(F.broadcast(fitted.items), PRODUCT)
+    return fitted.model.transform(known).drop(USER, ITEM)
+
+
+def _seen_counts(targets: DataFrame, seen: DataFrame) -> DataFrame:
+    counts = seen.groupBy(CUSTOMER).agg(F.count(F.lit(1)).alias("_n_seen"))
+    return targets.join(counts, CUSTOMER, "left").fillna(0, ["_n_seen"])
+
+
+def _top_n(candidates: DataFrame, seen: DataFrame, n: int, *order) -> DataFrame:
+    """Drop seen pairs, keep the first n per customer by `order`; rank 1..n."""
+    fresh = candidates.join(seen.select(CUSTOMER, PRODUCT), [CUSTOMER, PRODUCT], "left_anti")
+    rank = F.row_number().over(Window.partitionBy(CUSTOMER).orderBy(*order))
+    return (fresh.withColumn("rank", rank).where(F.col("rank") <= n)
+            .select(CUSTOMER, PRODUCT, "rank", F.col("score").cast("double").alias("score")))
+
+
+def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
+    """The n best-scored products per target customer that it has not seen; customers the model
+    does not know get none. -> customer_id, product_id, rank, score.
+
+    ALS's own top-k cannot exclude, so each customer asks for n + (its seen count, rounded up to
+    a power of two) and the seen ones are dropped after: customers are grouped by that rounded
+    count so a heavy buyer does not make every customer's list long.
+    """
+    targets = _seen_counts(targets.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER), seen)
+    bucket = F.when(F.col("_n_seen") == 0, 0).otherwise(F.ceil(F.log2("_n_seen"))).cast("int")
+    targets = targets.withColumn("_bucket", bucket).persist()
+    buckets = sorted(r[0] for r in targets.select("_bucket").distinct().collect())
+    parts = []
+    for b in buckets:
+        size = min(n + 2 ** b, fitted.n_items)
+        parts.append(fitted.model.recommendForUserSubset(
+            targets.where(F.col("_bucket") == b).select(USER), size))
+    if not parts:
+        targets.unpersist()
+        return _empty_recommendations(targets.sparkSession)
+    recs = (reduce(DataFrame.unionByName, parts)
+            .select(USER, F.explode("recommendations").alias("r"))
+            .select(USER, F.col(f"r.{ITEM}").alias(ITEM), F.col("r.rating").alias("score"))
+            .join(fitted.users, USER).join(F.broadcast(fitted.items), ITEM))
+    out = _top_n(recs, seen, n, F.col("score").desc(), F.col(PRODUCT))
+    return out
+
+
+def popularity(interactions: DataFrame) -> DataFrame:
+    """(customer_id, product_id, ...) -> product_id, buyers (distinct customers), score (buyers as a
+    share of all customers)."""
+    customers = interactions.select(CUSTOMER).distinct().count()
+    return (interactions.groupBy(PRODUCT).agg(F.countDistinct(CUSTOMER).alias("buyers"))
+            .withColumn("score", F.col("buyers") / F.lit(max(customers, 1))))
+
+
+def top_unseen_popular(popular: DataFrame, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
+    """The n most popular products per target customer that it has not seen (ties: product_id).
+    -> customer_id, product_id, rank, score."""
+    targets = _seen_counts(targets.select(CUSTOMER).distinct(), seen).persist()
+    most_seen = targets.agg(F.max("_n_seen")).first()[0]
+    if most_seen is None:
+        targets.unpersist()
+        return _empty_recommendations(targets.sparkSession)
+    # the head of the list that any customer can reach, with its ranks, is small: build it on the
+    # driver (a global window would pull every product into one partition)
+    head = (popular.orderBy(F.col("buyers").desc(), F.col(PRODUCT)).limit(n + int(most_seen))
+            .select(PRODUCT, "score").collect())
+    spark = targets.sparkSession
+    ranked = spark.createDataFrame([(r[PRODUCT], float(r["score"]), i + 1) for i, r in enumerate(head)],
+                                   f"{PRODUCT} string, score double, _pop_rank int")
+    candidates = targets.join(F.broadcast(ranked), F.col("_pop_rank") <= F.col("_n_seen") + n)
+    out = _top_n(candidates, seen, n, F.col("_pop_rank"))
+    return out
+
+
+def _empty_recommendations(spark: SparkSession) -> DataFrame:
+    return spark.createDataFrame([], f"{CUSTOMER} string, {PRODUCT} string, rank int, score double")
+
+
+# =============================================================== metrics
+
+def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int) -> dict[str, float]:
+    """Binary-relevance ranking metrics at k, averaged over the customers that have at least one
+    relevant product (a customer with no recommendations scores 0).
+
+    recommended: customer_id, product_id, rank (1 = first; ranks above k are ignored)
+    relevant:    customer_id, product_id
+    With hits_i = 1 when the product at rank i is relevant, R = the customer's relevant products:
+      precision@k = sum_{i<=k} hit_i / k
+      recall@k    = sum_{i<=k} hit_i / |R|
+      AP@k        = sum_{i<=k} hit_i * (hits in ranks 1..i) / i  /  min(|R|, k)
+      NDCG@k      = sum_{i<=k} hit_i / log2(i + 1)  /  sum_{i<=min(|R|,k)} 1 / log2(i + 1)
+    the definitions of Spark's RankingMetrics (precisionAt, recallAt, meanAveragePrecisionAt, ndcgAt).
+    """
+    relevant = relevant.select(CUSTOMER, PRODUCT).distinct()
+    n_relevant = relevant.groupBy(CUSTOMER).agg(F.count(F.lit(1)).alias("_n_rel"))
+    hits = (recommended.where(F.col("rank") <= k).select(CUSTOMER, PRODUCT, "rank")
+            .join(relevant.withColumn("_hit", F.lit(1)), [CUSTOMER, PRODUCT], "left")
+            .fillna(0, ["_hit"]))
+    upto = Window.partitionBy(CUSTOMER).orderBy("rank").rowsBetween(Window.unboundedPreceding,
+                                                                    Window.currentRow)
+    hits = hits.withColumn("_hits_upto", F.sum("_hit").over(upto))
+    per_customer = hits.groupBy(CUSTOMER).agg(
+        F.sum("_hit").alias("_hits"),
+        F.sum(F.col("_hit") * F.col("_hits_upto") / F.col("rank")).alias("_ap_sum"),
+        F.sum(F.col("_hit") / F.log2(F.col("rank") + 1)).alias("_dcg"))
+    per_customer = (n_relevant.join(per_customer, CUSTOMER, "left")
+                    .fillna(0, ["_hits", "_ap_sum", "_dcg"]))
+    ideal = F.aggregate(F.sequence(F.lit(1), F.least("_n_rel", F.lit(k))), F.lit(0.0),
+                        lambda acc, i: acc + 1.0 / F.log2(i + 1))
+    row = per_customer.agg(
+        F.count(F.lit(1)).alias("customers"),
+        F.avg(F.col("_hits") / F.lit(k)).alias("precision"),
+        F.avg(F.col("_hits") / F.col("_n_rel")).alias("recall"),
+        F.avg(F.col("_ap_sum") / F.least("_n_rel", F.lit(k))).alias("map"),
+        F.avg(F.col("_dcg") / ideal).alias("ndcg")).first()
+    return {f"precision_at_{k}": row["precision"] or 0.0, f"recall_at_{k}": row["recall"] or 0.0,
+            f"map_at_{k}": row["map"] or 0.0, f"ndcg_at_{k}": row["ndcg"] or 0.0,
+            "customers": row["customers"]}
+
+
+def rating_metrics(predictions: DataFrame, label: str = STRENGTH,
+                   prediction: str = "prediction") -> dict[str, float]:
+    """RMSE and MAE of `prediction` against `label`, and the number of rows scored."""
+    err = F.col(prediction) - F.col(label)
+    row = predictions.agg(F.sqrt(F.avg(err * err)).alias("rmse"), F.avg(F.abs(err)).alias("mae"),
+                          F.count(F.lit(1)).alias("n")).first()
+    return {"rmse": row["rmse"], "mae": row["mae"], "n": row["n"]}
+
+
+# =============================================================== evaluation
+
+def score_implicit(train_lines: DataFrame, test_lines: DataFrame, params: AlsParams, k: int,
+                   baseline: bool = True) -> dict[str, Any]:
+    """Fit on the training lines, rank for the held-out customers, score ALS (and popularity)."""
+    train = purchase_counts(train_lines).persist()
+    relevant = new_relevant(test_lines, train).persist()
+    targets = relevant.select(CUSTOMER).distinct()
+    fitted = fit_als(train, params)
+    try:
+        als = ranking_metrics(top_unseen_als(fitted, targets, train, k), relevant, k)
+        out: dict[str, Any] = {"als": als}
+        if baseline:
+            pop = top_unseen_popular(popularity(train), targets, train, k)
+            out["baseline"] = ranking_metrics(pop, relevant, k)
+        out["counts"] = {"train_pairs": train.count(), "test_customers": als.pop("customers"),
+                         "test_relevant_pairs": relevant.count()}
+        out.get("baseline", {}).pop("customers", None)
+        return out
+    finally:
+        fitted.unpersist()
+        train.unpersist()
+        relevant.unpersist()
+
+
+def score_explicit(train: DataFrame, test: DataFrame, params: AlsParams,
+                   baseline: bool = True) -> dict[str, Any]:
+    """Fit on the training ratings, predict the held-out ones, score ALS (and item means)."""
+    train = train.select(CUSTOMER, PRODUCT, STRENGTH).persist()
+    fitted = fit_als(train, params)
+    try:
+        low, high = train.agg(F.min(STRENGTH), F.max(STRENGTH)).first()
+        predicted = (predict(fitted, test.select(CUSTOMER, PRODUCT, STRENGTH))
+                     .withColumn("prediction", F.least(F.greatest(F.col("prediction").cast("double"),
+                                                                  F.lit(low)), F.lit(high)))
+                     .persist())
+        als = rating_metrics(predicted)
+        out: dict[str, Any] = {"als": als}
+        if baseline:
+            item_mean = train.groupBy(PRODUCT).agg(F.avg(STRENGTH).alias("_item_mean"))
+            out["baseline"] = rating_metrics(predicted.join(item_mean, PRODUCT),
+                                             prediction="_item_mean")
+            out["baseline"].pop("n")
+        test_rows = test.count()
+        out["counts"] = {"train_pairs": train.count(), "test_pairs": test_rows,
+                         "test_scored": als["n"], "test_cold_dropped": test_rows - als.pop("n")}
+        predicted.unpersist()
+        return out
+    finally:
+        fitted.unpersist()
+        train.unpersist()
+
+
+def tune(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[AlsParams, list[dict]]:
+    """Grid search on a validation split of `data` (purchase lines or rating interactions, the
+    training part of the evaluation split); returns the best parameters and every point's score."""
+    if params.implicit:
+        split = split_by_time(data, cfg.test_fraction).persist()
+    else:
+        split = split_random(data, cfg.test_fraction, cfg.seed, salt="validation").persist()
+    fit_part, valid_part = split.where(~F.col(HELD_OUT)), split.where(F.col(HELD_OUT))
+    alphas = cfg.tune_alpha if params.implicit else [params.alpha]
+    grid = []
+    try:
+        for rank, reg, alpha in itertools.product(cfg.tune_rank, cfg.tune_reg_param, alphas):
+            point = dataclasses.replace(params, rank=rank, reg_param=reg, alpha=alpha)
+            if params.implicit:
+                score = score_implicit(fit_part, valid_part, point, cfg.metrics_k, baseline=False)
+                value = score["als"][f"ndcg_at_{cfg.metrics_k}"]
+                grid.append({**point.describe(), f"ndcg_at_{cfg.metrics_k}": value})
+            else:
+                value = score_explicit(fit_part, valid_part, point, baseline=False)["als"]["rmse"]
+                grid.append({**point.describe(), "rmse": value})
+            print(f"[recommend] tune {point.describe()}: {value:.4f}")
+    finally:
+        split.unpersist()
+    key = f"ndcg_at_{cfg.metrics_k}" if params.implicit else "rmse"
+    sign = -1.0 if params.implicit else 1.0  # NDCG: higher is better; RMSE: lower
+    best = min(range(len(grid)), key=lambda i: (sign * _finite(grid[i][key]), i))
+    chosen = dataclasses.replace(params, rank=grid[best]["rank"], reg_param=grid[best]["reg_param"],
+                                 alpha=grid[best].get("alpha", params.alpha))
+    return chosen, grid
+
+
+def _finite(x: float | None) -> float:
+    return x if x is not None and math.isfinite(x) else math.inf
+
+
+def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[dict, dict]:
+    """Score ALS and its baseline on the held-out split of `data` (purchase lines for implicit,
+    rating interactions for explicit); returns (metrics, counts)."""
+    if params.implicit:
+        split = split_by_time(data, cfg.test_fraction).persist()
+    else:
+        split = split_random(data, cfg.test_fraction, cfg.seed).persist()
+    try:
+        train, test = split.where(~F.col(HELD_OUT)), split.where(F.col(HELD_OUT))
+        if params.implicit:
+            scored = score_implicit(train, test, params, cfg.metrics_k)
+        else:
+            scored = score_explicit(train, test, params)
+    finally:
+        split.unpersist()
+    metrics = dict(scored["als"])
+    metrics.update({f"baseline_{name}": value for name, value in scored["baseline"].items()})
+    metrics["baseline"] = ("popularity: products by number of buyers in the training part"
+                           if params.implicit else "item mean rating in the training part")
+    return metrics, scored["counts"]
+
+
+# =============================================================== stage
+
+def recommend_top_n(params: AlsParams, interactions: DataFrame, customers: DataFrame,
+                    seen: DataFrame, n: int) -> DataFrame:
+    """Fit on all `interactions`; ALS's top n unseen for every customer it knows, the popularity
+    list for the others. -> customer_id, product_id, rank, score, source."""
+    fitted = fit_als(interactions, params)
+    als = top_unseen_als(fitted, customers, seen, n).withColumn("source", F.lit(SOURCE_ALS))
+    unknown = customers.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER, "left_anti")
+    pop = (top_unseen_popular(popularity(interactions), unknown, seen, n)
+           .withColumn("source", F.lit(SOURCE_POPULARITY)))
+    return als.unionByName(pop)
+
+
+def _read_input(lake: Lake, table: str, run_date: str) -> DataFrame:
+    try:
+        return lake.read_history(table, run_date)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"recommend: no {table} in the lake at {lake.url(table)}; ingest "
+                                f"some before {run_date} (deepmine ingest ... --entity "
+                                f"{table.split('/')[1]})") from None
+
+
+def _ensure_checkpoint_dir(spark: SparkSession, lake: Lake) -> None:
+    # without a checkpoint directory ALS silently ignores checkpointInterval
+    if not spark.sparkContext.getCheckpointDir():
+        spark.sparkContext.setCheckpointDir(lake.url("_checkpoints"))
+
+
+def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
+    """Evaluate, fit on all history up to `run_date`, publish mining/recommendations/run_date=D.
+    Returns {"counts", "metrics", "outputs"} as recorded in the run manifest."""
+    cfg = config.recommend
+    check_config(cfg)
+    lake = Lake(spark, config.lake.root)
+    _ensure_checkpoint_dir(spark, lake)
+    params = AlsParams.from_config(cfg, spark.sparkContext.defaultParallelism)
+    cached: list[DataFrame] = []
+    with StageRun(lake, run_date, "recommend") as run:
+        run.metrics["feedback"] = cfg.feedback
+        if params.implicit:
+            history = _read_input(lake, "clean/transactions", run_date)
+            data = purchase_lines(history).persist()  # what evaluation and tuning split
+            interactions = purchase_counts(data).persist()
+            seen = history.select(CUSTOMER, PRODUCT).distinct().persist()
+            customers = seen.select(CUSTOMER).distinct()
+            cached += [data, interactions, seen]
+        else:
+            history = _read_input(lake, "clean/ratings", run_date)
+            data = interactions = rating_interactions(history).persist()
+            seen, customers = interactions.select(CUSTOMER, PRODUCT), interactions.select(CUSTOMER)
+            cached.append(interactions)
+        try:
+            n_interactions = interactions.count()
+            if n_interactions == 0:
+                raise ValueError(f"recommend: no {'purchases' if params.implicit else 'ratings'} "
+                                 f"up to {run_date} in {lake.root}; nothing to learn from")
+            run.counts.update(
+                interactions=n_interactions,
+                customers=customers.distinct().count(),
+                products=interactions.select(PRODUCT).distinct().count())
+            if cfg.tune:
+                params, grid = tune(params, cfg, _training_part(params, cfg, data))
+                run.metrics["tuning"] = grid
+            run.metrics["params"] = params.describe()
+            if cfg.evaluate:
+                metrics, counts = evaluate(params, cfg, data)
+                run.metrics.update(metrics)
+                run.counts.update(counts)
+                _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
+            recs = recommend_top_n(params, interactions, customers, seen, cfg.top_n)
+            partition = f"run_date={run_date}"
+            run.counts["recommendations"] = lake.publish(recs, TABLE, partition)
+            by_source = {r["source"]: r["n"] for r in lake.read(TABLE, partition)
+                         .groupBy("source").agg(F.countDistinct(CUSTOMER).alias("n")).collect()}
+            run.counts["customers_als"] = by_source.get(SOURCE_ALS, 0)
+            run.counts["customers_popularity"] = by_source.get(SOURCE_POPULARITY, 0)
+            run.outputs["recommendations"] = lake.partition_url(TABLE, partition)
+        finally:
+            for df in cached:
+                df.unpersist()
+    return {"counts": run.counts, "metrics": run.metrics, "outputs": run.outputs}
+
+
+def _training_part(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> DataFrame:
+    """The part of `data` the evaluation trains on: tuning must not see the held-out part."""
+    if params.implicit:
+        split = split_by_time(data, cfg.test_fraction)
+    else:
+        split = split_random(data, cfg.test_fraction, cfg.seed)
+    return split.where(~F.col(HELD_OUT)).drop(HELD_OUT)
+
+
+def _log_evaluation(metrics: dict, implicit: bool, k: int) -> None:
+    if implicit:
+        names = [f"precision_at_{k}", f"recall_at_{k}", f"map_at_{k}", f"ndcg_at_{k}"]
+    else:
+        names = ["rmse", "mae"]
+    text = " ".join(f"{n}={metrics[n]:.4f} (baseline {metrics['baseline_' + n]:.4f})" for n in names)
+    print(f"[recommend] held-out: {text}")
