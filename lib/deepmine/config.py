@@ -133,6 +133,58 @@ class ImagesConfig:
 
 
 @dataclass
+class FeaturesConfig:
+    """Feature tables for training (lib/deepmine/features.py): `features/customers`, `features/images`."""
+    # row groups per table (per split for images), each in its own file and of equal size (+-1 row):
+    # Petastorm shards by row group, so this must be a multiple of train.num_proc for a fair share
+    row_groups: int = 8
+    # images when clean/images has none for the run: Fashion-MNIST from its Debian package, else
+    # synthetic shapes; per split, 0 = all (the small default keeps the nightly fast on 2 cores)
+    image_limit_train: int = 6000
+    image_limit_test: int = 1000
+    synthetic_images: int = 3000  # synthetic images made (train 6 : test 1) without any image source
+    seed: int = 11  # which rows the image limits keep, and the synthetic images
+
+
+@dataclass
+class TrainConfig:
+    """Horovod-launched PyTorch training (lib/deepmine/train.py, trainer.py, models/).
+
+    The defaults are the small nightly on 2 CPU cores; conf/full.yaml is the full-run config that
+    reaches the quality targets (CNN test accuracy, image deep clustering)."""
+    num_proc: int = 2  # Horovod ranks (Spark tasks with launcher spark)
+    launcher: Literal["spark", "horovodrun"] = "spark"  # horovod.spark.run, or a horovodrun process
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when torch sees a GPU
+    epochs: int = 2  # CNN epochs
+    batch_size: int = 128  # per rank
+    lr: float = 0.001  # per rank; multiplied by num_proc (Adam)
+    seed: int = 42  # weights, shuffling, K-means init: same data + seed -> same model
+    reader_pool: Literal["dummy", "thread"] = "dummy"  # dummy: deterministic row-group order
+    shuffle_buffer: int = 2048  # rows in the batched loader's shuffling buffer (0 = no row shuffle)
+    # deep clustering (autoencoder): pretrain, K-means on embeddings, then DEC/IDEC refinement
+    pretrain_epochs: int = 3  # images
+    customer_pretrain_epochs: int = 30  # customers: small table, many cheap epochs
+    dec_max_epochs: int = 4  # images
+    customer_dec_max_epochs: int = 20
+    dec_tolerance: float = 0.001  # stop when fewer than this share of assignments change
+    # idec: loss = reconstruction + dec_gamma * KL(P || Q), the decoder kept (Guo et al. 2017);
+    # dec: KL(P || Q) alone, the decoder dropped after pretraining (Xie et al. 2016)
+    dec_variant: Literal["idec", "dec"] = "idec"
+    dec_gamma: float = 0.1  # IDEC: weight of the clustering (KL) loss beside reconstruction
+    dec_alpha: float = 1.0  # degrees of freedom of the Student's t kernel
+    image_clusters: int = 10
+    customer_clusters: int = 4
+    embedding_dim: int = 10  # images; customers use customer_embedding_dim
+    customer_embedding_dim: int = 4
+    kmeans_n_init: int = 10  # K-means restarts for the DEC init and the K-means baselines
+    # planted customer groups (customer_id,group) for the clustering metrics; empty = the
+    # generator's customers_truth.csv beside input.transactions when it exists
+    customer_truth: str = ""
+    quantize: bool = True  # export a dynamically int8-quantized CNN beside the float one
+    start_timeout: int = 120  # seconds for all ranks to start
+
+
+@dataclass
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     lake: LakeConfig = field(default_factory=LakeConfig)
@@ -143,6 +195,8 @@ class Config:
     rfm: RfmConfig = field(default_factory=RfmConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -98,6 +98,47 @@ MINING_RULES = T.StructType([
         "zhangs_metric", "jaccard", "certainty", "kulczynski")],
 ])
 
+# features/customers/run_date=D: one standardized, fixed-length float vector per customer
+# (lib/deepmine/features.py; the names of its entries are in the manifest). `row_id` is dense,
+# 0..n-1, so training can key per-row state (DEC targets) by it.
+FEATURES_CUSTOMERS = T.StructType([
+    T.StructField("customer_id", T.StringType(), False),
+    T.StructField("row_id", T.LongType(), False),
+    T.StructField("features", T.ArrayType(T.FloatType()), False),
+])
+
+# features/images/run_date=D: `features` = height*width pixel intensities / 255, row-major;
+# `label` -1 where unknown; train and test rows are in separate files (and row groups).
+FEATURES_IMAGES = T.StructType([
+    T.StructField("image_id", T.StringType(), False),
+    T.StructField("row_id", T.LongType(), False),
+    T.StructField("label", T.LongType(), False),
+    T.StructField("split", T.StringType(), False),
+    T.StructField("features", T.ArrayType(T.FloatType()), False),
+])
+
+# predictions/autoencoder_customers/run_date=D and predictions/autoencoder_images/run_date=D:
+# the DEC cluster (argmax of the soft assignment), its probability, and the embedding.
+PREDICTIONS_CLUSTERS_CUSTOMERS = T.StructType([
+    T.StructField("customer_id", T.StringType(), False),
+    T.StructField("cluster", T.IntegerType(), False),
+    T.StructField("probability", T.FloatType(), False),
+    T.StructField("embedding", T.ArrayType(T.FloatType()), False),
+])
+PREDICTIONS_CLUSTERS_IMAGES = T.StructType([
+    T.StructField("image_id", T.StringType(), False),
+    T.StructField("cluster", T.IntegerType(), False),
+    T.StructField("probability", T.FloatType(), False),
+    T.StructField("embedding", T.ArrayType(T.FloatType()), False),
+])
+
+# predictions/cnn/run_date=D: the CNN's class and its softmax probability per image.
+PREDICTIONS_CNN = T.StructType([
+    T.StructField("image_id", T.StringType(), False),
+    T.StructField("predicted_label", T.LongType(), False),
+    T.StructField("probability", T.FloatType(), False),
+])
+
 TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
@@ -110,6 +151,11 @@ TABLES: dict[str, T.StructType] = {
     "mining/itemsets": MINING_ITEMSETS,
     "mining/rules": MINING_RULES,
     "mining/recommendations": RECOMMENDATIONS,
+    "features/customers": FEATURES_CUSTOMERS,
+    "features/images": FEATURES_IMAGES,
+    "predictions/autoencoder_customers": PREDICTIONS_CLUSTERS_CUSTOMERS,
+    "predictions/autoencoder_images": PREDICTIONS_CLUSTERS_IMAGES,
+    "predictions/cnn": PREDICTIONS_CNN,
 }
 
 

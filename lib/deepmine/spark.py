@@ -51,6 +51,7 @@ def spark_settings(config: Config) -> dict[str, str]:
 def build_session(config: Config) -> SparkSession:
     """Get or create the session for this config, with the checkpoint directory set (ALS needs it)."""
     sc = config.spark
+    os.environ.setdefault("PYARROW_IGNORE_TIMEZONE", "1")  # pyspark.pandas asks for it with pyarrow>=2
     if is_local(sc.master):
         os.environ.setdefault("SPARK_LOCAL_IP", sc.local_ip)
         # Python workers run the driver's interpreter (the venv), not whatever python3 is on PATH.

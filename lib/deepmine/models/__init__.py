@@ -1,0 +1,32 @@
+"""The networks: plain `nn.Module`s that know nothing of Horovod, Spark or the lake.
+
+Every model takes flat float vectors (batch x features; an image is height*width intensities) so
+the training loop and batch inference handle all of them alike. `build(spec)` makes a model from a
+JSON-able spec, which is how weights travel: a spec plus a `state_dict`, never a pickled module.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from deepmine.models.autoencoder import ConvAutoencoder, DenseAutoencoder
+from deepmine.models.cnn import CNNClassifier
+from deepmine.models.dec import ClusteringModel, target_distribution
+
+__all__ = ["ConvAutoencoder", "DenseAutoencoder", "CNNClassifier", "ClusteringModel",
+           "target_distribution", "build"]
+
+
+def build(spec: dict[str, Any]) -> nn.Module:
+    """A model from its spec: {"kind": "cnn" | "dense_dec" | "conv_dec", ...}."""
+    kind = spec["kind"]
+    if kind == "cnn":
+        return CNNClassifier(spec["height"], spec["width"], spec["n_classes"])
+    if kind == "dense_dec":
+        ae = DenseAutoencoder(spec["in_dim"], tuple(spec["hidden"]), spec["embedding_dim"])
+    elif kind == "conv_dec":
+        ae = ConvAutoencoder(spec["height"], spec["width"], spec["embedding_dim"])
+    else:
+        raise ValueError(f"unknown model kind {kind!r}; expected cnn, dense_dec or conv_dec")
+    return ClusteringModel(ae, spec["n_clusters"], spec["embedding_dim"], spec.get("alpha", 1.0))

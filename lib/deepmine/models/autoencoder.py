@@ -1,0 +1,69 @@
+"""Autoencoders: `forward(x) -> (reconstruction, embedding)`, both on flat vectors."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class DenseAutoencoder(nn.Module):
+    """in_dim -> hidden... -> embedding_dim -> reversed hidden... -> in_dim (ReLU between layers,
+    linear embedding and output: customer features are standardized, not bounded)."""
+
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64, 32), embedding_dim: int = 4):
+        super().__init__()
+        dims = [in_dim, *hidden, embedding_dim]
+        enc: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            enc += [nn.Linear(a, b), nn.ReLU()]
+        self.encoder = nn.Sequential(*enc[:-1])
+        back = dims[::-1]
+        dec: list[nn.Module] = []
+        for a, b in zip(back[:-1], back[1:]):
+            dec += [nn.Linear(a, b), nn.ReLU()]
+        self.decoder = nn.Sequential(*dec[:-1])
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(x)
+        return self.decoder(z), z
+
+
+class ConvAutoencoder(nn.Module):
+    """Three stride-2 convolutions down to a linear embedding and transposed convolutions back
+    (the DCEC layout); input and output are height*width intensities in [0, 1]."""
+
+    def __init__(self, height: int = 28, width: int = 28, embedding_dim: int = 10):
+        super().__init__()
+        self.height, self.width = height, width
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, 32, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(32, 64, 5, stride=2, padding=2), nn.ReLU(),
+            nn.Conv2d(64, 128, 3, stride=2, padding=1), nn.ReLU())
+        with torch.no_grad():
+            shape = self.conv(torch.zeros(1, 1, height, width)).shape[1:]
+        self._inner = tuple(shape)
+        flat = int(shape.numel())
+        self.to_embedding = nn.Linear(flat, embedding_dim)
+        self.from_embedding = nn.Linear(embedding_dim, flat)
+        self.deconv = nn.Sequential(
+            nn.ReLU(),
+            nn.ConvTranspose2d(128, 64, 3, stride=2, padding=1, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 5, stride=2, padding=2, output_padding=1), nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 5, stride=2, padding=2, output_padding=1))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x.view(-1, 1, self.height, self.width))
+        return self.to_embedding(h.flatten(1))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encode(x)
+        h = self.from_embedding(z).view(-1, *self._inner)
+        out = self.deconv(h)
+        if out.shape[-2:] != (self.height, self.width):
+            out = out[..., :self.height, :self.width]
+            if out.shape[-2:] != (self.height, self.width):
+                out = F.interpolate(out, size=(self.height, self.width), mode="bilinear")
+        return torch.sigmoid(out).flatten(1), z
