@@ -1,6 +1,7 @@
 """`deepmine <command>`: one entry for every stage and helper; jobs/*.py call `main` too.
 
-Exit codes: 0 done, 1 a stage failed, 2 bad usage or bad input (config, header, format).
+Exit codes: 0 done, 1 a stage failed, 2 bad usage or bad input (config, header, format),
+3 nothing to do (every stage already done for the date), 75 another nightly holds the lake's lock.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable
 from deepmine.config import ConfigError, load_config
 
 DEFAULT_CONF = "conf/local.yaml"
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOTHING_TO_DO, EXIT_LOCKED = 0, 1, 2, 3, 75
 
 # Stages that read the lake and write the lake: `deepmine.<name>.run_<name>(spark, config, date)`.
 MINING_STAGES = {
@@ -97,9 +99,12 @@ def _nightly(args) -> int:
     from deepmine.nightly import run_nightly
 
     def work(spark, config):
-        url = run_nightly(spark, config, args.date, args.input, args.force)
-        print(f"manifest: {url}")
-        return 0
+        result = run_nightly(spark, config, args.date, args.input, args.force)
+        print(f"manifest: {result.manifest_url}")
+        if not result.ran:
+            print(f"nothing to do for {args.date}: every stage is done (use --force to redo)")
+            return EXIT_NOTHING_TO_DO
+        return EXIT_OK
     return _with_session(args, work)
 
 
@@ -141,12 +146,16 @@ def _samples(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from deepmine.ingest import IngestError
+    from deepmine.lake import LakeLocked
     from deepmine.schemas import SchemaError
     try:
         return args.handler(args)
+    except LakeLocked as e:
+        print(f"deepmine {args.command}: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except (ConfigError, IngestError, SchemaError, ValueError, FileNotFoundError) as e:
         print(f"deepmine {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

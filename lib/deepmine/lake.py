@@ -15,8 +15,11 @@ seconds, status, counts and metrics.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
+import os
+import socket
 import uuid
 from pathlib import Path
 from typing import Any, Callable
@@ -160,6 +163,51 @@ class Lake:
             if name.startswith(prefix):
                 self.delete(self.url(table, "_staging", name))
 
+    # ------------------------------------------------------------------ lock
+    def lock_url(self) -> str:
+        return self.url("_lock", "nightly.lock")
+
+    @contextlib.contextmanager
+    def lock(self, holder: str):
+        """Hold the lake's nightly lock; LakeLocked at once if another process holds it.
+
+        The lock is a file created with create-if-absent semantics. A lock left by a process
+        that died on this same host is taken over; one from another host must be removed by hand
+        (its content says who and since when).
+        """
+        fs, path = self._fs(self.lock_url())
+        fs.mkdirs(path.getParent())
+        text = json.dumps({"holder": holder, "host": socket.gethostname(), "pid": os.getpid(),
+                           "since": _now()})
+        if not self._create_new(fs, path, text):
+            current = self._read_lock()
+            if current.get("host") == socket.gethostname() and not _pid_alive(current.get("pid")):
+                fs.delete(path, False)  # its owner died here without releasing it
+            if not self._create_new(fs, path, text):
+                raise LakeLocked(f"another nightly holds the lake lock {self.lock_url()}: "
+                                 f"{json.dumps(self._read_lock())}")
+        try:
+            yield
+        finally:
+            fs.delete(path, False)
+
+    def _create_new(self, fs, path, text: str) -> bool:
+        try:
+            stream = fs.create(path, False)  # overwrite=False: fails if the file exists
+        except Exception:  # py4j wraps FileAlreadyExistsException
+            return False
+        try:
+            stream.write(bytearray(text.encode("utf-8")))
+        finally:
+            stream.close()
+        return True
+
+    def _read_lock(self) -> dict:
+        try:
+            return json.loads(self.read_text(self.lock_url()))
+        except Exception:
+            return {}
+
     # ------------------------------------------------------------------ manifest
     def manifest_url(self, run_date: str) -> str:
         return self.url("runs", f"run_date={run_date}", "manifest.json")
@@ -178,6 +226,20 @@ class Lake:
         url = self.manifest_url(run_date)
         self.write_text(url, json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
         return url
+
+
+class LakeLocked(RuntimeError):
+    """Another process holds the lake's nightly lock."""
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now() -> str:

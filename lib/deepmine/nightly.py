@@ -81,16 +81,27 @@ def is_done(lake: Lake, stage: Stage, run_date: str) -> bool:
     return all(lake.has_partition(table, partition) for table in stage.outputs)
 
 
+@dataclass(frozen=True)
+class NightlyResult:
+    manifest_url: str
+    ran: tuple[str, ...]
+    skipped: tuple[str, ...]
+
+
 def run_nightly(spark: SparkSession, config: Config, run_date: str,
-                transactions: str | None = None, force: bool = False) -> str:
-    """Run every applicable stage for `run_date`; returns the manifest's URL."""
+                transactions: str | None = None, force: bool = False) -> NightlyResult:
+    """Run every applicable stage for `run_date` under the lake's lock (LakeLocked if held)."""
     lake = Lake(spark, config.lake.root)
-    inputs = resolve_inputs(config, transactions)
-    for stage in STAGES:
-        if not stage.applies(inputs):
-            continue
-        if not force and is_done(lake, stage, run_date):
-            print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
-            continue
-        stage.run(spark, config, run_date, inputs)
-    return lake.manifest_url(run_date)
+    ran, skipped = [], []
+    with lake.lock(f"nightly run_date={run_date}"):
+        inputs = resolve_inputs(config, transactions)
+        for stage in STAGES:
+            if not stage.applies(inputs):
+                continue
+            if not force and is_done(lake, stage, run_date):
+                print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
+                skipped.append(stage.name)
+                continue
+            stage.run(spark, config, run_date, inputs)
+            ran.append(stage.name)
+    return NightlyResult(lake.manifest_url(run_date), tuple(ran), tuple(skipped))
