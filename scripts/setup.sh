@@ -45,6 +45,11 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   say "installing Debian's dataset-fashion-mnist"
   apt_install dataset-fashion-mnist || say "WARNING: dataset-fashion-mnist not installed; deepmine samples will say so"
 fi
+# Headless Chromium renders the run report in the tests.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  say "installing Debian's chromium and chromium-driver (the report test renders the report)"
+  apt_install chromium chromium-driver || say "WARNING: chromium not installed; the report rendering test will fail"
+fi
 if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
   say "installing the compiler tool chain for the Horovod build"
   apt_install cmake g++ make

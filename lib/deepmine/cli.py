@@ -20,6 +20,7 @@ MINING_STAGES = {
     "rfm": "RFM scores, named segments and K-means clusters per customer",
     "rules": "FP-growth frequent itemsets and association rules with mlxtend's metrics",
     "recommend": "ALS top-N recommendations with evaluation against a popularity baseline",
+    "report": "the run's HTML report with plots, next to its manifest",
 }
 
 
@@ -101,6 +102,11 @@ def _nightly(args) -> int:
     def work(spark, config):
         result = run_nightly(spark, config, args.date, args.input, args.force)
         print(f"manifest: {result.manifest_url}")
+        from deepmine.lake import Lake
+        from deepmine.report import report_url
+        lake = Lake(spark, config.lake.root)
+        if lake.exists(report_url(lake, args.date)):
+            print(f"report: {report_url(lake, args.date)}")
         if not result.ran:
             print(f"nothing to do for {args.date}: every stage is done (use --force to redo)")
             return EXIT_NOTHING_TO_DO

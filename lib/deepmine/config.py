@@ -127,6 +127,12 @@ class RecommendConfig:
 
 
 @dataclass
+class ReportConfig:
+    """The run report (lib/deepmine/report.py)."""
+    psi_threshold: float = 0.2  # a feature whose PSI against the previous run exceeds this is flagged
+
+
+@dataclass
 class ImagesConfig:
     height: int = 28
     width: int = 28
@@ -192,6 +198,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)

@@ -23,6 +23,7 @@ class Stage:
     outputs: tuple[str, ...]  # lake tables whose partition for the date proves the stage done
     partition_key: str = "run_date"
     applies: Callable[["NightlyInputs"], bool] = lambda inputs: True
+    summarizes: bool = False  # redone whenever an earlier stage ran (the report)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ STAGES: list[Stage] = [
           applies=lambda inputs: bool(inputs.ratings)),
     Stage(stage_name("images"), _ingest("images"), ("clean/images", "quarantine/images"), "dt",
           applies=lambda inputs: bool(inputs.images)),
+    Stage("report", _mining("report"), (), summarizes=True),
 ]
 
 
@@ -98,7 +100,7 @@ def run_nightly(spark: SparkSession, config: Config, run_date: str,
         for stage in STAGES:
             if not stage.applies(inputs):
                 continue
-            if not force and is_done(lake, stage, run_date):
+            if not force and not (stage.summarizes and ran) and is_done(lake, stage, run_date):
                 print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
                 skipped.append(stage.name)
                 continue

@@ -1,0 +1,368 @@
+"""The run report: one self-contained HTML file per run, next to the manifest.
+
+`run_report(spark, config, run_date)` reads the run's manifest and the lake tables the stages
+wrote, draws the plots with matplotlib (PNG, embedded as base64, so the file stands alone) and
+publishes `<lake.root>/runs/run_date=D/report.html`. Each section is one function that returns
+None when its stage has not run (or does not exist yet), so the report shows what there is.
+
+Sections: overview (stages, status, timings), row reconciliation per input, RFM segments and
+R/F/M distributions, top association rules, recommendation metrics beside the popularity
+baseline, training curves and the CNN confusion matrix, sample images per deep cluster, and what
+changed since the previous run (segment migration; feature drift as a population stability index
+per feature, flagged over `report.psi_threshold`).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import SparkSession
+
+from deepmine.config import Config
+from deepmine.lake import Lake, StageRun
+
+Section = tuple[str, str]  # (title, html body)
+
+
+# =============================================================== pure helpers
+
+def population_stability_index(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """PSI of `actual` against `expected`, on `bins` quantile bins of `expected`.
+
+    PSI = sum over bins of (a - e) * ln(a / e), with e and a the shares of each sample in the bin
+    (a share of 0 is floored at 1e-4 so the log stays finite). Under 0.1: stable; 0.1-0.2: some
+    shift; over 0.2: a real shift (the usual reading).
+    """
+    expected = np.asarray(expected, dtype=float)
+    actual = np.asarray(actual, dtype=float)
+    expected, actual = expected[np.isfinite(expected)], actual[np.isfinite(actual)]
+    if expected.size == 0 or actual.size == 0:
+        return float("nan")
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    if edges.size < 2:  # a constant feature: one bin for it, one for anything else
+        e = np.array([1.0, 0.0])
+        a = np.array([np.mean(actual == edges[0]), np.mean(actual != edges[0])])
+    else:
+        inner = edges[1:-1]
+        e = np.bincount(np.searchsorted(inner, expected, side="right"), minlength=inner.size + 1)
+        a = np.bincount(np.searchsorted(inner, actual, side="right"), minlength=inner.size + 1)
+        e, a = e / e.sum(), a / a.sum()
+    e, a = np.maximum(e, 1e-4), np.maximum(a, 1e-4)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _png(fig) -> str:
+    import matplotlib.pyplot as plt
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img class="plot" alt="plot" src="data:image/png;base64,{data}">'
+
+
+def _figure(width: float = 6.5, height: float = 3.2):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt.subplots(figsize=(width, height))
+
+
+def _table(df: pd.DataFrame, max_rows: int = 30) -> str:
+    return df.head(max_rows).to_html(index=False, border=0, classes="data",
+                                      float_format=lambda x: f"{x:.4g}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "inf" if math.isinf(value) else f"{value:.4g}"
+    return html.escape(str(value))
+
+
+# =============================================================== sections
+
+def section_overview(ctx: "ReportContext") -> Section | None:
+    stages = ctx.manifest.get("stages", {})
+    if not stages:
+        return None
+    rows = [{"stage": name, "status": rec.get("status"), "seconds": rec.get("seconds"),
+             "start": rec.get("start"), "error": rec.get("error", "")}
+            for name, rec in stages.items() if name != "report"]
+    df = pd.DataFrame(rows)
+    fig, ax = _figure(6.5, 0.4 + 0.35 * len(df))
+    colors = ["#c0392b" if s == "failed" else "#2e86c1" for s in df["status"]]
+    ax.barh(df["stage"], df["seconds"].fillna(0), color=colors)
+    ax.invert_yaxis()
+    ax.set_xlabel("seconds")
+    ax.set_title("stage timings")
+    return "Stages and timings", _table(df) + _png(fig)
+
+
+def section_reconciliation(ctx: "ReportContext") -> Section | None:
+    rows, reasons = [], []
+    for name, rec in ctx.manifest.get("stages", {}).items():
+        counts = rec.get("counts", {})
+        if "rows_read" not in counts:
+            continue
+        rows.append({"input": name, "source": counts.get("input", ""),
+                     "rows_read": counts["rows_read"], "rows_clean": counts.get("rows_clean"),
+                     "rows_quarantined": counts.get("rows_quarantined"),
+                     "accounted": counts["rows_read"] == counts.get("rows_clean", 0)
+                     + counts.get("rows_quarantined", 0)})
+        for reason, n in counts.get("quarantined_by_reason", {}).items():
+            reasons.append({"input": name, "reason": reason, "rows": n})
+    if not rows:
+        return None
+    body = _table(pd.DataFrame(rows))
+    if reasons:
+        r = pd.DataFrame(reasons)
+        body += "<h3>Quarantined rows by reason</h3>" + _table(r)
+        fig, ax = _figure(6.5, 0.5 + 0.3 * len(r))
+        ax.barh(r["input"] + ": " + r["reason"], r["rows"], color="#d68910")
+        ax.invert_yaxis()
+        ax.set_xlabel("rows")
+        ax.set_title("quarantine by reason")
+        body += _png(fig)
+    return "Row reconciliation", body
+
+
+def section_rfm(ctx: "ReportContext") -> Section | None:
+    rfm = ctx.table("mining/rfm")
+    if rfm is None:
+        return None
+    sizes = rfm.groupby("segment").size().sort_values(ascending=False).rename("customers")
+    fig, axes = _figure(9, 2.8)
+    fig.clf()
+    axes = fig.subplots(1, 4)
+    axes[0].barh(sizes.index, sizes.values, color="#2e86c1")
+    axes[0].invert_yaxis()
+    axes[0].set_title("segment sizes")
+    for ax, col in zip(axes[1:], ["recency_days", "frequency", "monetary"]):
+        values = pd.to_numeric(rfm[col], errors="coerce").dropna()
+        ax.hist(np.log1p(values.clip(lower=0)), bins=30, color="#5d6d7e")
+        ax.set_title(f"log1p({col})")
+    fig.tight_layout()
+    summary = rfm.groupby("segment")[["recency_days", "frequency", "monetary"]].mean() \
+        .join(sizes).reset_index().sort_values("customers", ascending=False)
+    return "Customer segments (RFM)", _table(summary) + _png(fig)
+
+
+def section_rules(ctx: "ReportContext") -> Section | None:
+    rules = ctx.table("mining/rules")
+    if rules is None or rules.empty:
+        return None if rules is None else ("Association rules", "<p>No rule passed the thresholds.</p>")
+    rules = rules.sort_values(["lift", "confidence"], ascending=False)
+    shown = rules.assign(antecedents=rules["antecedents"].map(lambda x: ", ".join(map(str, x))),
+                         consequents=rules["consequents"].map(lambda x: ", ".join(map(str, x))))
+    cols = ["antecedents", "consequents", "support", "confidence", "lift", "leverage", "conviction"]
+    fig, ax = _figure(6.5, 3.6)
+    points = ax.scatter(rules["support"], rules["confidence"], c=rules["lift"], cmap="viridis", s=18)
+    fig.colorbar(points, ax=ax, label="lift")
+    ax.set_xlabel("support")
+    ax.set_ylabel("confidence")
+    ax.set_title(f"{len(rules)} rules")
+    return "Association rules (top 20 by lift)", _table(shown[cols], 20) + _png(fig)
+
+
+def section_recommend(ctx: "ReportContext") -> Section | None:
+    rec = ctx.manifest.get("stages", {}).get("recommend")
+    metrics = (rec or {}).get("metrics", {})
+    pairs = [(k, v, metrics.get(f"baseline_{k}")) for k, v in metrics.items()
+             if not k.startswith("baseline_") and isinstance(v, (int, float))]
+    if not pairs:
+        return None
+    df = pd.DataFrame(pairs, columns=["metric", "als", "popularity baseline"])
+    both = df.dropna()
+    body = _table(df)
+    if not both.empty:
+        fig, ax = _figure(6.5, 3)
+        x = np.arange(len(both))
+        ax.bar(x - 0.2, both["als"], 0.4, label="ALS")
+        ax.bar(x + 0.2, both["popularity baseline"], 0.4, label="popularity")
+        ax.set_xticks(x, both["metric"], rotation=30, ha="right")
+        ax.legend()
+        ax.set_title("recommendations on the held-out split")
+        body += _png(fig)
+    return "Recommendations", body
+
+
+def section_training(ctx: "ReportContext") -> Section | None:
+    body = ""
+    for name, rec in ctx.manifest.get("stages", {}).items():
+        if not name.startswith("train"):
+            continue
+        metrics = rec.get("metrics", {})
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}
+        body += f"<h3>{html.escape(name)}</h3>"
+        if scalars:
+            body += "<p>" + ", ".join(f"{html.escape(k)} = {_fmt(v)}" for k, v in scalars.items()) + "</p>"
+        history = metrics.get("history")
+        if isinstance(history, list) and history and isinstance(history[0], dict):
+            hist = pd.DataFrame(history)
+            fig, ax = _figure(6.5, 3)
+            x = hist["epoch"] if "epoch" in hist else np.arange(len(hist))
+            for col in hist.columns:
+                if col != "epoch" and pd.api.types.is_numeric_dtype(hist[col]):
+                    ax.plot(x, hist[col], marker="o", label=col)
+            ax.set_xlabel("epoch")
+            ax.legend()
+            ax.set_title(f"{name}: training curves")
+            body += _png(fig)
+        matrix = metrics.get("confusion_matrix")
+        if matrix:
+            m = np.array(matrix)
+            fig, ax = _figure(4.5, 4.5)
+            ax.imshow(m, cmap="Blues")
+            for (i, j), v in np.ndenumerate(m):
+                ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_title("confusion matrix")
+            body += _png(fig)
+    return ("Training", body) if body else None
+
+
+def section_cluster_samples(ctx: "ReportContext") -> Section | None:
+    preds = ctx.table("predictions/autoencoder_images")
+    images = ctx.clean_images()
+    if preds is None or images is None or "cluster" not in preds:
+        return None
+    joined = preds.merge(images, on="image_id")
+    if joined.empty:
+        return None
+    clusters = sorted(joined["cluster"].unique())[:10]
+    h, w = ctx.config.images.height, ctx.config.images.width
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(len(clusters), 8, figsize=(8, len(clusters)), squeeze=False)
+    for row, cluster in enumerate(clusters):
+        sample = joined[joined["cluster"] == cluster].head(8)
+        for col in range(8):
+            ax = axes[row][col]
+            ax.axis("off")
+            if col < len(sample):
+                pixels = np.frombuffer(bytes(sample.iloc[col]["pixels"]), dtype=np.uint8)
+                ax.imshow(pixels.reshape(h, w), cmap="gray")
+            if col == 0:
+                ax.set_title(f"cluster {cluster}", fontsize=7, loc="left")
+    return "Sample images per deep cluster", _png(fig)
+
+
+def section_changes(ctx: "ReportContext") -> Section | None:
+    previous = ctx.previous_run_date()
+    if previous is None:
+        return None
+    body = f"<p>Compared with the run of {html.escape(previous)}.</p>"
+    now, before = ctx.table("mining/rfm"), ctx.table("mining/rfm", previous)
+    found = False
+    if now is not None and before is not None:
+        found = True
+        moved = before[["customer_id", "segment"]].merge(
+            now[["customer_id", "segment"]], on="customer_id", suffixes=("_before", "_now"))
+        migration = pd.crosstab(moved["segment_before"], moved["segment_now"])
+        body += "<h3>Segment migration (customers in both runs)</h3>" + migration.to_html(border=0)
+        drift = _drift_rows(before, now, ["recency_days", "frequency", "monetary"], "mining/rfm",
+                            ctx.psi_threshold)
+        body += "<h3>Feature drift (PSI)</h3>" + _table(pd.DataFrame(drift))
+    feats_now, feats_before = ctx.table("features/customers"), ctx.table("features/customers", previous)
+    if feats_now is not None and feats_before is not None:
+        found = True
+        numeric = [c for c in feats_now.columns if c in feats_before.columns
+                   and pd.api.types.is_numeric_dtype(feats_now[c])]
+        drift = _drift_rows(feats_before, feats_now, numeric, "features/customers", ctx.psi_threshold)
+        body += "<h3>Customer feature drift (PSI)</h3>" + _table(pd.DataFrame(drift), 100)
+    return ("Changes since the previous run", body) if found else None
+
+
+def _drift_rows(before: pd.DataFrame, now: pd.DataFrame, columns: list[str], table: str,
+                threshold: float) -> list[dict]:
+    rows = []
+    for col in columns:
+        psi = population_stability_index(before[col].to_numpy(), now[col].to_numpy())
+        rows.append({"table": table, "feature": col, "psi": psi,
+                     "flag": "DRIFT" if psi > threshold else ""})
+    return rows
+
+
+SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
+    section_overview, section_reconciliation, section_rfm, section_rules, section_recommend,
+    section_training, section_cluster_samples, section_changes,
+]
+
+
+# =============================================================== assembling
+
+class ReportContext:
+    """What the sections read: the manifest, and lake tables as pandas (None when absent)."""
+
+    def __init__(self, lake: Lake, config: Config, run_date: str, psi_threshold: float):
+        self.lake, self.config, self.run_date = lake, config, run_date
+        self.psi_threshold = psi_threshold
+        self.manifest = lake.read_manifest(run_date)
+
+    def table(self, name: str, run_date: str | None = None) -> pd.DataFrame | None:
+        partition = f"run_date={run_date or self.run_date}"
+        if not self.lake.has_partition(name, partition):
+            return None
+        return self.lake.read(name, partition).toPandas()
+
+    def clean_images(self) -> pd.DataFrame | None:
+        try:
+            df = self.lake.read_history("clean/images", self.run_date)
+        except FileNotFoundError:
+            return None
+        return df.select("image_id", "pixels").toPandas()
+
+    def previous_run_date(self) -> str | None:
+        dates = sorted(n.split("=", 1)[1] for n in self.lake.list_dir(self.lake.url("runs"))
+                       if n.startswith("run_date=") and n.split("=", 1)[1] < self.run_date)
+        return dates[-1] if dates else None
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1000px;color:#222}
+h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+table.data{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+table.data td,table.data th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}
+img.plot{max-width:100%;display:block;margin:.8em 0}
+nav a{margin-right:1em}
+"""
+
+
+def render_report(ctx: ReportContext) -> tuple[str, list[str]]:
+    """The HTML page and the titles of the sections it holds."""
+    sections = [s for s in (fn(ctx) for fn in SECTIONS) if s is not None]
+    nav = " ".join(f'<a href="#s{i}">{html.escape(t)}</a>' for i, (t, _) in enumerate(sections))
+    body = "\n".join(f'<section id="s{i}"><h2>{html.escape(t)}</h2>\n{b}</section>'
+                     for i, (t, b) in enumerate(sections))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>deepmine run {html.escape(ctx.run_date)}</title><style>{CSS}</style></head>"
+            f"<body><h1>deepmine nightly run {html.escape(ctx.run_date)}</h1>"
+            f"<p>lake: {html.escape(ctx.lake.root)}</p><nav>{nav}</nav>{body}"
+            f"<script type='application/json' id='manifest'>"
+            f"{html.escape(json.dumps(ctx.manifest, default=str))}</script></body></html>")
+    return page, [t for t, _ in sections]
+
+
+def report_url(lake: Lake, run_date: str) -> str:
+    return lake.url("runs", f"run_date={run_date}", "report.html")
+
+
+def run_report(spark: SparkSession, config: Config, run_date: str) -> dict:
+    lake = Lake(spark, config.lake.root)
+    with StageRun(lake, run_date, "report") as run:
+        ctx = ReportContext(lake, config, run_date, config.report.psi_threshold)
+        page, titles = render_report(ctx)
+        url = report_url(lake, run_date)
+        lake.write_text(url, page)
+        run.counts.update(sections=len(titles))
+        run.metrics["sections"] = titles
+        run.outputs["report"] = url
+    print(f"report: {url}")
+    return run.counts
