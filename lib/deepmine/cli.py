@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--products", type=int, default=0, help="0 = derived from --lines")
     p.set_defaults(handler=_generate)
 
+    p = sub.add_parser("submit", help="run a stage's job on a cluster with spark-submit",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)  # main() hands these to deepmine.submit
+
     p = sub.add_parser("samples", help="real datasets from installed packages, in input format")
     p.add_argument("--out", required=True)
     p.add_argument("--only", default=None, help="comma-separated names (default: all available)")
@@ -120,7 +124,11 @@ def _mining_stage(args) -> int:
     def work(spark, config):
         _mining(args.command)(spark, config, args.date, None)
         from deepmine.lake import Lake
-        print(f"manifest: {Lake(spark, config.lake.root).manifest_url(args.date)}")
+        lake = Lake(spark, config.lake.root)
+        outputs = lake.read_manifest(args.date)["stages"][args.command].get("outputs", {})
+        for name, url in outputs.items():
+            print(f"{name}: {url}")
+        print(f"manifest: {lake.manifest_url(args.date)}")
         return 0
     return _with_session(args, work)
 
@@ -150,6 +158,10 @@ def _samples(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["submit"]:  # its options are spark-submit's business, not argparse's here
+        from deepmine.submit import main as submit_main
+        return submit_main(argv[1:])
     args = build_parser().parse_args(argv)
     from deepmine.ingest import IngestError
     from deepmine.lake import LakeLocked

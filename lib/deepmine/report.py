@@ -364,5 +364,4 @@ def run_report(spark: SparkSession, config: Config, run_date: str) -> dict:
         run.counts.update(sections=len(titles))
         run.metrics["sections"] = titles
         run.outputs["report"] = url
-    print(f"report: {url}")
     return run.counts
