@@ -55,3 +55,8 @@ def test_config_is_data_never_evaluated(tmp_path):
     path.write_text("lake:\n  root: !!python/object/apply:os.system ['echo pwned']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_override_of_a_mapping_key_with_dots():
+    config = load_config(None, ["spark.options.spark.ui.port=14040"])
+    assert config.spark.options == {"spark.ui.port": "14040"}

@@ -82,7 +82,8 @@ class RfmConfig:
     k_min: int = 2  # K-means k is chosen by silhouette over [k_min, k_max]
     k_max: int = 8
     seed: int = 42  # K-means seed: same input + seed -> same clusters
-    max_iter: int = 50  # K-means iterations per k
+    max_iter: int = 50  # K-means iterations per run
+    n_init: int = 3  # K-means runs per k (seeds seed, seed+1, ...); the lowest cost wins
     # how returns count in monetary: net = a return subtracts its amount; ignore = purchases only
     # (recency and frequency always count purchase invoices only)
     returns: Literal["net", "ignore"] = "net"
@@ -107,12 +108,14 @@ class RecommendConfig:
     feedback: Literal["implicit", "explicit"] = "implicit"
     top_n: int = 10  # recommendations per customer in mining/recommendations
     seed: int = 42  # ALS initialisation and the random rating split
-    rank: int = 20  # latent factors
+    rank: int = 10  # latent factors
     reg_param: float = 0.1  # ALS regularization (Spark scales it by each user's/item's count)
-    alpha: float = 10.0  # implicit only: confidence = 1 + alpha * purchase count
+    alpha: float = 1.0  # implicit only: confidence = 1 + alpha * purchase count
     max_iter: int = 15  # ALS sweeps
-    checkpoint_interval: int = 5  # checkpoint factors every N sweeps so long lineages stay short
-    num_blocks: int = 0  # ALS user and item blocks; 0 = spark.default.parallelism
+    checkpoint_interval: int = 10  # checkpoint factors every N sweeps so long lineages stay short
+    # ALS user and item blocks. ALS seeds each block, so the factors depend on this number: it is
+    # fixed for reproducible runs; raise it on a cluster (0 = spark.default.parallelism)
+    num_blocks: int = 4
     evaluate: bool = True  # hold out a split, score ALS and the popularity baseline on it
     metrics_k: int = 10  # cut-off of precision/recall/MAP/NDCG@k (names say k: ndcg_at_10)
     # implicit: the last share of each customer's invoices (customers with >= 2 invoices);
@@ -160,6 +163,7 @@ class TrainConfig:
     reaches the quality targets (CNN test accuracy, image deep clustering)."""
     num_proc: int = 2  # Horovod ranks (Spark tasks with launcher spark)
     launcher: Literal["spark", "horovodrun"] = "spark"  # horovod.spark.run, or a horovodrun process
+    hosts: str = ""  # horovodrun -H (host:slots,...); empty = localhost:num_proc
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when torch sees a GPU
     epochs: int = 2  # CNN epochs
     batch_size: int = 128  # per rank
@@ -242,7 +246,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {item!r}: expected section.key=value")
-    parts = key.split(".")
+    parts = _key_path(key.split("."))
     if len(parts) < 2:
         raise ConfigError(f"override {item!r}: the key must name a section and a field, "
                           "like lake.root=...")
@@ -253,6 +257,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
             raise ConfigError(f"override {item!r}: {part} is not a section")
         target = node
     target[parts[-1]] = yaml.safe_load(text) if text != "" else ""
+
+
+def _key_path(parts: list[str]) -> list[str]:
+    """Split a dotted key along the schema: below a mapping field (like spark.options), the rest
+    is one key, so `spark.options.spark.ui.port` names the option `spark.ui.port`."""
+    tp: Any = Config
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            break
+        tp = typing.get_type_hints(tp).get(part)
+        if typing.get_origin(tp) is dict and i + 1 < len(parts):
+            return parts[: i + 1] + [".".join(parts[i + 1:])]
+    return parts
 
 
 def _build(cls: type, raw: Any, where: str) -> Any:

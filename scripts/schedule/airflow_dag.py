@@ -1,0 +1,50 @@
+"""Airflow DAG for the deepmine nightly: one task per stage, in the nightly's order, with retries.
+
+The run date is Airflow's logical date (`{{ ds }}`). Each task runs the stage's job through
+`deepmine submit` (spark-submit with the library zipped for --py-files and the config shipped with
+--files). Copy this file into your DAGs folder and set the Airflow Variables `deepmine_home`
+(the repository on the Airflow worker), `deepmine_master` and `deepmine_conf`.
+Ingest of ratings/images is left out: add tasks like `ingest` with `--entity` where you have them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow import DAG
+from airflow.operators.bash import BashOperator
+
+# The nightly's stage order (lib/deepmine/nightly.py STAGES); a test keeps the two in step.
+STAGES = ["ingest", "rfm", "rules", "recommend", "features", "train_autoencoder_customers",
+          "train_autoencoder_images", "train_cnn", "report"]
+
+# stage -> (job, extra arguments)
+JOBS = {
+    "ingest": ("ingest", "--input {{ var.value.deepmine_input }}"),
+    "train_autoencoder_customers": ("train", "--model autoencoder --target customers"),
+    "train_autoencoder_images": ("train", "--model autoencoder --target images"),
+    "train_cnn": ("train", "--model cnn"),
+}
+
+with DAG(
+    dag_id="deepmine_nightly",
+    schedule="30 2 * * *",
+    start_date=dt.datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # the lake lock would refuse a second one anyway
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=10)},
+    tags=["deepmine"],
+) as dag:
+    previous = None
+    for stage in STAGES:
+        job, extra = JOBS.get(stage, (stage, ""))
+        task = BashOperator(
+            task_id=stage,
+            bash_command=(
+                "cd {{ var.value.deepmine_home }} && .venv/bin/deepmine submit "
+                "--master {{ var.value.deepmine_master }} --conf {{ var.value.deepmine_conf }} "
+                f"--date {{{{ ds }}}} --stage {job} -- {extra}"
+            ),
+        )
+        if previous is not None:
+            previous >> task
+        previous = task
