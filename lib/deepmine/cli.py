@@ -21,6 +21,7 @@ MINING_STAGES = {
     "rules": "FP-growth frequent itemsets and association rules with mlxtend's metrics",
     "recommend": "ALS top-N recommendations with evaluation against a popularity baseline",
     "report": "the run's HTML report with plots, next to its manifest",
+    "features": "customer feature vectors and image tables, laid out as Petastorm shards",
 }
 
 
@@ -60,6 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
         p = _stage_parser(sub, name, text)
         p.set_defaults(handler=_mining_stage)
 
+    p = _stage_parser(sub, "train", "Horovod training of a model on the feature tables, batch "
+                      "inference with Spark, metrics")
+    p.add_argument("--model", required=True, choices=["autoencoder", "cnn"],
+                   help="autoencoder: deep clustering (DEC/IDEC); cnn: image classifier")
+    p.add_argument("--target", default="images", choices=["customers", "images"],
+                   help="what the model learns from (default images; the CNN takes images only)")
+    p.set_defaults(handler=_train)
+
     p = sub.add_parser("generate", help="synthetic transactions with planted truth")
     p.add_argument("--out", required=True)
     p.add_argument("--lines", required=True, type=int)
@@ -74,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run a stage's job on a cluster with spark-submit",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)  # main() hands these to deepmine.submit
+
+    p = sub.add_parser("doctor", help="where driver and executors find Python, deepmine and the stack")
+    p.add_argument("--conf", default=DEFAULT_CONF)
+    p.add_argument("--date", default=None, type=run_date, help="ignored; accepted like every job")
+    p.add_argument("--set", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(handler=_doctor)
 
     p = sub.add_parser("samples", help="real datasets from installed packages, in input format")
     p.add_argument("--out", required=True)
@@ -129,6 +144,26 @@ def _mining_stage(args) -> int:
         for name, url in outputs.items():
             print(f"{name}: {url}")
         print(f"manifest: {lake.manifest_url(args.date)}")
+        return 0
+    return _with_session(args, work)
+
+
+def _doctor(args) -> int:
+    def work(spark, config):
+        import json
+        from deepmine.doctor import run_doctor
+        print(json.dumps(run_doctor(spark), indent=2))
+        return 0
+    return _with_session(args, work)
+
+
+def _train(args) -> int:
+    from deepmine.train import run_train
+
+    def work(spark, config):
+        run_train(spark, config, args.date, args.model, args.target)
+        from deepmine.lake import Lake
+        print(f"manifest: {Lake(spark, config.lake.root).manifest_url(args.date)}")
         return 0
     return _with_session(args, work)
 
