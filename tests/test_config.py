@@ -60,3 +60,8 @@ def test_config_is_data_never_evaluated(tmp_path):
 def test_override_of_a_mapping_key_with_dots():
     config = load_config(None, ["spark.options.spark.ui.port=14040"])
     assert config.spark.options == {"spark.ui.port": "14040"}
+
+
+@pytest.mark.parametrize("path", sorted(str(p) for p in __import__("pathlib").Path("conf").rglob("*.yaml")))
+def test_every_shipped_config_loads(path):
+    assert isinstance(load_config(path), Config)
