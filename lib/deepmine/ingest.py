@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from deepmine.config import Config, IngestConfig
-from deepmine.lake import Lake, StageRun
+from deepmine.lake import Lake, StageRun, resolve_url
 
 FORMATS = ("csv", "json", "parquet")
 
@@ -70,7 +70,7 @@ DUPLICATE_LINE = "duplicate_line"
 
 def list_input_files(lake: Lake, input_path: str) -> list[str]:
     """The data files under `input_path` (a file or a directory), sorted; hidden files skipped."""
-    url = input_path if "://" in input_path else _local_url(input_path)
+    url = resolve_url(input_path)
     if not lake.exists(url):
         raise IngestError(f"input not found: {input_path}")
     fs, path = lake._fs(url)
@@ -95,29 +95,15 @@ def source_file_column() -> Column:
     return F.regexp_replace(F.input_file_name(), r"^file:/+", "file:///")
 
 
-def _local_url(path: str) -> str:
-    from deepmine.lake import resolve_url
-    return resolve_url(path)
-
-
 def read_first_line(lake: Lake, url: str) -> str | None:
     """The first line of a file, decoded as UTF-8 (BOM kept); None if the file is empty."""
     fs, path = lake._fs(url)
-    stream = fs.open(path)
+    jvm = lake.spark.sparkContext._jvm
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(fs.open(path), "UTF-8"))
     try:
-        data = bytearray()
-        while len(data) < 1 << 20:
-            chunk = stream.read()
-            if chunk < 0:
-                break
-            data.append(chunk)
-            if chunk == 0x0A:
-                break
+        return reader.readLine()  # None at end of file; undecodable bytes become U+FFFD
     finally:
-        stream.close()
-    if not data:
-        return None
-    return bytes(data).decode("utf-8", errors="replace").rstrip("\r\n")
+        reader.close()
 
 
 def parse_header(line: str, delimiter: str) -> list[str]:
@@ -250,9 +236,8 @@ def _read_json(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: Ing
 def _read_parquet(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: IngestConfig) -> DataFrame:
     df = spark.read.parquet(*files)
     names = [f.name for f in df.schema.fields]
-    map_header([cfg.column_map.get(n, n) and n for n in names], spec, cfg, files[0])
-    df = df.select(*[F.col(n).alias(cfg.column_map.get(n, n)) for n in names
-                     if cfg.column_map.get(n, n)])
+    mapping = map_header(names, spec, cfg, files[0])
+    df = df.select(*[F.col(n).alias(m) for n, m in zip(names, mapping) if m])
     as_text = {}
     for field in df.schema.fields:
         if isinstance(field.dataType, T.BinaryType):
