@@ -33,3 +33,32 @@ def make_config(tmp_path):
         return load_config(path, [f"lake.root={tmp_path / 'lake'}", "spark.ui_enabled=false",
                                   *overrides])
     return make
+
+
+def skip_all_but(*keep: str) -> str:
+    """A `nightly.skip_stages=[...]` override that leaves only the stages named in `keep`."""
+    from deepmine.nightly import STAGES
+    return "nightly.skip_stages=[" + ",".join(s.name for s in STAGES if s.name not in keep) + "]"
+
+
+
+
+@pytest.fixture(scope="session")
+def nightly_run(spark, tmp_path_factory):
+    """One nightly (ingest through report, training left out) on generated data, shared by the
+    tests that inspect a whole run: the report, the repeat-run drill and the cluster comparison."""
+    from deepmine.config import load_config
+    from deepmine.generate import generate_transactions
+    from deepmine.lake import Lake
+    from deepmine.nightly import STAGES, run_nightly
+    root = tmp_path_factory.mktemp("nightly")
+    generate_transactions(root / "gen", lines=2500, seed=9, dirty_rate=0.05)
+    overrides = [f"lake.root={root / 'lake'}", "spark.ui_enabled=false",
+                 f"input.transactions={root / 'gen' / 'transactions.csv'}",
+                 f"input.products={root / 'gen' / 'products.csv'}",
+                 "input.generate_if_missing=false", "rfm.k_max=4",
+                 skip_all_but(*[s.name for s in STAGES if not s.name.startswith("train")])]
+    config = load_config(None, overrides)
+    result = run_nightly(spark, config, "2026-11-22")
+    return {"config": config, "overrides": overrides, "lake": Lake(spark, config.lake.root),
+            "result": result, "input": root / "gen" / "transactions.csv", "date": "2026-11-22"}

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deepmine.generate import generate_transactions
 from deepmine.lake import Lake
-from deepmine.nightly import STAGES, run_nightly
+from deepmine.nightly import STAGES
 
 REPO = Path(__file__).resolve().parents[1]
 DATE = "2026-11-22"
@@ -34,24 +33,23 @@ def standalone(tmp_path_factory):
                        env=env)
 
 
-def _submit(master: str, conf: Path, stage: str) -> subprocess.CompletedProcess:
+def _submit(master: str, conf: Path, stage: str, stage_args: list[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable)
     return subprocess.run(
         [sys.executable, "-m", "deepmine.cli", "submit", "--master", master, "--conf", str(conf),
          "--date", DATE, "--stage", stage, "--spark-arg=--conf=spark.driver.host=127.0.0.1",
-         "--spark-arg=--conf=spark.executor.memory=768m"],
-        capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+         "--spark-arg=--conf=spark.executor.memory=768m", "--", *stage_args],
+        capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
 
 
-def test_nightly_on_standalone_cluster_equals_local_run(standalone, spark, make_config, tmp_path):
-    generate_transactions(tmp_path / "gen", lines=2000, seed=8, dirty_rate=0.05)
-    source = tmp_path / "gen" / "transactions.csv"
+def test_nightly_on_standalone_cluster_equals_local_run(standalone, spark, nightly_run, tmp_path):
+    """The shared local[2] nightly (conftest's nightly_run) and the same nightly submitted to the
+    standalone cluster, on the same input and settings, publish the same rows in every table."""
     conf = tmp_path / "cluster.yaml"
-    conf.write_text(f"lake:\n  root: {(tmp_path / 'cluster_lake').as_uri()}\n"
-                    f"input:\n  transactions: {source}\n  generate_if_missing: false\n"
-                    "spark:\n  ui_enabled: false\n")
+    conf.write_text(f"lake:\n  root: {(tmp_path / 'cluster_lake').as_uri()}\n")
+    settings = ["--set", *[o for o in nightly_run["overrides"] if not o.startswith("lake.root=")]]
 
-    doctor = _submit(standalone, conf, "doctor")
+    doctor = _submit(standalone, conf, "doctor", [])
     assert doctor.returncode == 0, doctor.stderr[-3000:]
     report = json.loads(doctor.stdout[doctor.stdout.index("{"):])
     assert report["master"] == standalone
@@ -59,14 +57,12 @@ def test_nightly_on_standalone_cluster_equals_local_run(standalone, spark, make_
         "deepmine-" in e["deepmine"] and ".zip" in e["deepmine"] for e in report["executors"]), \
         "executors must import deepmine from the --py-files zip"
 
-    submitted = _submit(standalone, conf, "nightly")
+    submitted = _submit(standalone, conf, "nightly", settings)
     assert submitted.returncode == 0, submitted.stderr[-3000:]
     assert "manifest: " in submitted.stdout
 
-    local = make_config(f"input.transactions={source}", "input.generate_if_missing=false")
-    run_nightly(spark, local, DATE)
-    on_cluster, on_local = Lake(spark, str(tmp_path / "cluster_lake")), Lake(spark, local.lake.root)
-    compared = 0
+    on_cluster, on_local = Lake(spark, str(tmp_path / "cluster_lake")), nightly_run["lake"]
+    compared = []
     for stage in STAGES:
         for table in stage.outputs:
             partition = f"{stage.partition_key}={DATE}"
@@ -75,7 +71,7 @@ def test_nightly_on_standalone_cluster_equals_local_run(standalone, spark, make_
                 rows = [sorted(tuple(map(str, r)) for r in lake.read(table, partition).collect())
                         for lake in (on_cluster, on_local)]
                 assert rows[0] == rows[1], table
-                compared += 1
-    assert compared >= 2
-    cluster_manifest = on_cluster.read_manifest(DATE)["stages"]
-    assert cluster_manifest["ingest"]["counts"] == on_local.read_manifest(DATE)["stages"]["ingest"]["counts"]
+                compared.append(table)
+    assert {"clean/transactions", "mining/rfm", "mining/rules", "mining/recommendations"} <= set(compared)
+    cluster_stages = on_cluster.read_manifest(DATE)["stages"]
+    assert cluster_stages["ingest"]["counts"] == on_local.read_manifest(DATE)["stages"]["ingest"]["counts"]

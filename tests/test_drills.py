@@ -14,7 +14,7 @@ import pytest
 from deepmine.generate import generate_transactions
 from deepmine.ingest import IngestError, run_ingest
 from deepmine.lake import Lake
-from deepmine.nightly import STAGES, run_nightly
+from deepmine.nightly import STAGES, resolve_inputs, run_nightly
 
 DATE = "2026-11-22"
 LINE_BREAK = re.compile(rb"\r\n|\r|\n")
@@ -115,7 +115,8 @@ def _table_rows(lake: Lake, table: str, partition: str) -> list:
     return sorted(tuple(str(v) for v in row) for row in df.collect())
 
 
-def _published_tables(lake: Lake, run_date: str) -> dict[str, str]:
+def published_tables(lake: Lake, run_date: str) -> dict[str, str]:
+    """Every table a nightly stage published for the date -> its partition."""
     found = {}
     for stage in STAGES:
         for table in stage.outputs:
@@ -125,45 +126,46 @@ def _published_tables(lake: Lake, run_date: str) -> dict[str, str]:
     return found
 
 
-def test_nightly_twice_for_a_date_gives_identical_outputs(spark, make_config, tmp_path):
-    """Running the nightly twice for the same date (the second with --force) gives the same rows
-    in every published table (compared as sorted rows)."""
-    generate_transactions(tmp_path / "gen", lines=2500, seed=9, dirty_rate=0.05)
-    config = make_config(f"input.transactions={tmp_path / 'gen' / 'transactions.csv'}")
-    lake = Lake(spark, config.lake.root)
-    run_nightly(spark, config, DATE)
-    tables = _published_tables(lake, DATE)
-    first = {t: _table_rows(lake, t, p) for t, p in tables.items()}
-    run_nightly(spark, config, DATE, force=True)
-    assert _published_tables(lake, DATE) == tables
-    assert {t: _table_rows(lake, t, p) for t, p in tables.items()} == first
-    assert "clean/transactions" in tables
-
-
-def test_crash_during_each_stage_publish_then_next_run_completes(spark, make_config, tmp_path,
-                                                                 monkeypatch):
+def test_crash_during_each_stage_publish_then_next_run_completes(spark, nightly_run, monkeypatch):
     """For every stage of the nightly, dying in the middle of its publish (after the old
-    partition was moved aside) leaves the previous output readable, and the next nightly
-    completes with the same rows."""
-    generate_transactions(tmp_path / "gen", lines=1500, seed=4)
-    config = make_config(f"input.transactions={tmp_path / 'gen' / 'transactions.csv'}")
-    lake = Lake(spark, config.lake.root)
-    run_nightly(spark, config, DATE)
-    tables = _published_tables(lake, DATE)
+    partition was moved aside, before the new one is in place) leaves the previous output
+    readable, and the next nightly completes with the same rows."""
+    config, lake, date = nightly_run["config"], nightly_run["lake"], nightly_run["date"]
+    inputs = resolve_inputs(config)
+    tables = published_tables(lake, date)
     before = {t: _table_rows(lake, t, p) for t, p in tables.items()}
     real_rename = Lake.rename
-    for table in tables:
+    crashed = []
+    for stage in STAGES:
+        table = next((t for t in stage.outputs if t in tables), None)
+        if table is None:
+            continue
+
         def dying_rename(self, src, dst, table=table):
             real_rename(self, src, dst)
             if f"/{table}/_previous/" in dst:
                 raise SystemExit(f"killed while publishing {table}")
         monkeypatch.setattr(Lake, "rename", dying_rename)
         with pytest.raises(SystemExit, match=f"killed while publishing {table}"):
-            run_nightly(spark, config, DATE, force=True)
+            stage.run(spark, config, date, inputs)
         monkeypatch.setattr(Lake, "rename", real_rename)
         assert _table_rows(lake, table, tables[table]) == before[table]
-    run_nightly(spark, config, DATE, force=True)
+        crashed.append(stage.name)
+    assert {"ingest", "rfm", "rules", "recommend"} <= set(crashed)
+    run_nightly(spark, config, date, force=True)
     assert {t: _table_rows(lake, t, p) for t, p in tables.items()} == before
+
+
+def test_nightly_twice_for_a_date_gives_identical_outputs(spark, nightly_run):
+    """Running the nightly again for the same date (--force) gives the same rows in every
+    published table (compared as sorted rows)."""
+    config, lake, date = nightly_run["config"], nightly_run["lake"], nightly_run["date"]
+    tables = published_tables(lake, date)
+    first = {t: _table_rows(lake, t, p) for t, p in tables.items()}
+    result = run_nightly(spark, config, date, force=True)
+    assert "rules" in result.ran and "clean/transactions" in tables and "mining/rules" in tables
+    assert published_tables(lake, date) == tables
+    assert {t: _table_rows(lake, t, p) for t, p in tables.items()} == first
 
 
 def test_task_failing_once_is_retried_with_the_same_result(tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from conftest import skip_all_but
+
 from deepmine.cli import main
 from deepmine.generate import generate_transactions
 from deepmine.lake import Lake
@@ -14,7 +16,7 @@ DATE = "2026-11-22"
 
 def test_generated_input_every_row_accounted(spark, make_config, tmp_path):
     truth = generate_transactions(tmp_path / "gen", lines=6000, seed=3, dirty_rate=0.1)
-    config = make_config()
+    config = make_config(skip_all_but("ingest"))
     result = run_nightly(spark, config, DATE, str(tmp_path / "gen" / "transactions.csv"))
     lake = Lake(spark, config.lake.root)
     assert result.manifest_url == lake.manifest_url(DATE) and "ingest" in result.ran
@@ -26,7 +28,8 @@ def test_generated_input_every_row_accounted(spark, make_config, tmp_path):
 
 def test_nightly_skips_done_stages_and_force_redoes(spark, make_config, tmp_path, capsys):
     generate_transactions(tmp_path / "gen", lines=500, seed=5)
-    config = make_config(f"input.transactions={tmp_path / 'gen' / 'transactions.csv'}")
+    config = make_config(f"input.transactions={tmp_path / 'gen' / 'transactions.csv'}",
+                         skip_all_but("ingest"))
     lake = Lake(spark, config.lake.root)
     run_nightly(spark, config, DATE)
     first = lake.read_manifest(DATE)["stages"]["ingest"]
@@ -44,9 +47,11 @@ def test_cli_nightly_generates_on_first_use_and_prints_manifest(spark, tmp_path,
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "local.yaml").write_text(
         "lake:\n  root: lake\ngenerate:\n  lines: 800\n  seed: 1\n  dirty_rate: 0.05\n")
-    assert main(["nightly", "--date", DATE, "--set", "spark.ui_enabled=false"]) == 0
+    args = ["nightly", "--date", DATE, "--set", "spark.ui_enabled=false",
+            skip_all_but("ingest", "report")]
+    assert main(args) == 0
     out = capsys.readouterr().out
-    assert main(["nightly", "--date", DATE, "--set", "spark.ui_enabled=false"]) == 3
+    assert main(args) == 3
     manifest = tmp_path / "lake" / "runs" / f"run_date={DATE}" / "manifest.json"
     assert f"manifest: file://{manifest}" in out
     truth = json.loads((tmp_path / "data" / "generated" / "truth.json").read_text())

@@ -130,6 +130,12 @@ class RecommendConfig:
 
 
 @dataclass
+class NightlyConfig:
+    """Which stages the nightly runs (lib/deepmine/nightly.py)."""
+    skip_stages: list[str] = field(default_factory=list)  # stage names left out, e.g. [train_cnn]
+
+
+@dataclass
 class ReportConfig:
     """The run report (lib/deepmine/report.py)."""
     psi_threshold: float = 0.2  # a feature whose PSI against the previous run exceeds this is flagged
@@ -151,6 +157,13 @@ class FeaturesConfig:
     # synthetic shapes; per split, 0 = all (the small default keeps the nightly fast on 2 cores)
     image_limit_train: int = 6000
     image_limit_test: int = 1000
+    # customer vector: the RFM features weigh 1 each; the basket statistics and the category
+    # shares are each scaled as a block to this total standard deviation (entries w/sqrt(n)), so
+    # that they inform the clustering without outvoting recency, frequency and spend
+    basket_weight: float = 0.5
+    category_weight: float = 0.25
+    # auto: clean/images, else Fashion-MNIST from its package, else synthetic; or force one
+    image_source: Literal["auto", "fashion_mnist", "synthetic"] = "auto"
     synthetic_images: int = 3000  # synthetic images made (train 6 : test 1) without any image source
     seed: int = 11  # which rows the image limits keep, and the synthetic images
 
@@ -173,7 +186,8 @@ class TrainConfig:
     shuffle_buffer: int = 2048  # rows in the batched loader's shuffling buffer (0 = no row shuffle)
     # deep clustering (autoencoder): pretrain, K-means on embeddings, then DEC/IDEC refinement
     pretrain_epochs: int = 3  # images
-    customer_pretrain_epochs: int = 30  # customers: small table, many cheap epochs
+    customer_pretrain_epochs: int = 50  # customers: small table, many cheap epochs
+    customer_batch_size: int = 32  # per rank; small, for enough steps on a few thousand rows
     dec_max_epochs: int = 4  # images
     customer_dec_max_epochs: int = 20
     dec_tolerance: float = 0.001  # stop when fewer than this share of assignments change
@@ -203,6 +217,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    nightly: NightlyConfig = field(default_factory=NightlyConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)

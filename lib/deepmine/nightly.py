@@ -22,7 +22,7 @@ class Stage:
     run: Callable[[SparkSession, Config, str, "NightlyInputs"], dict]
     outputs: tuple[str, ...]  # lake tables whose partition for the date proves the stage done
     partition_key: str = "run_date"
-    applies: Callable[["NightlyInputs"], bool] = lambda inputs: True
+    applies: Callable[[Config, "NightlyInputs"], bool] = lambda config, inputs: True
     summarizes: bool = False  # redone whenever an earlier stage ran (the report)
 
 
@@ -66,11 +66,19 @@ STAGES: list[Stage] = [
     # each input is ingested only where the config names one
     Stage(stage_name("transactions"), _ingest("transactions"),
           ("clean/transactions", "quarantine/transactions"), "dt",
-          applies=lambda inputs: bool(inputs.transactions)),
+          applies=lambda config, inputs: bool(inputs.transactions)),
     Stage(stage_name("ratings"), _ingest("ratings"), ("clean/ratings", "quarantine/ratings"), "dt",
-          applies=lambda inputs: bool(inputs.ratings)),
+          applies=lambda config, inputs: bool(inputs.ratings)),
     Stage(stage_name("images"), _ingest("images"), ("clean/images", "quarantine/images"), "dt",
-          applies=lambda inputs: bool(inputs.images)),
+          applies=lambda config, inputs: bool(inputs.images)),
+    Stage("rfm", _mining("rfm"), ("mining/rfm", "mining/rfm_segments"),
+          applies=lambda config, inputs: bool(inputs.transactions)),
+    Stage("rules", _mining("rules"), ("mining/itemsets", "mining/rules"),
+          applies=lambda config, inputs: bool(inputs.transactions)),
+    # implicit feedback learns from purchases, explicit from ratings
+    Stage("recommend", _mining("recommend"), ("mining/recommendations",),
+          applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
+                                              else inputs.transactions)),
     Stage("report", _mining("report"), (), summarizes=True),
 ]
 
@@ -94,11 +102,15 @@ def run_nightly(spark: SparkSession, config: Config, run_date: str,
                 transactions: str | None = None, force: bool = False) -> NightlyResult:
     """Run every applicable stage for `run_date` under the lake's lock (LakeLocked if held)."""
     lake = Lake(spark, config.lake.root)
+    unknown = sorted(set(config.nightly.skip_stages) - {stage.name for stage in STAGES})
+    if unknown:
+        raise ValueError(f"nightly.skip_stages names unknown stage(s) {unknown}; the stages are "
+                         f"{[stage.name for stage in STAGES]}")
     ran, skipped = [], []
     with lake.lock(f"nightly run_date={run_date}"):
         inputs = resolve_inputs(config, transactions)
         for stage in STAGES:
-            if not stage.applies(inputs):
+            if stage.name in config.nightly.skip_stages or not stage.applies(config, inputs):
                 continue
             if not force and not (stage.summarizes and ran) and is_done(lake, stage, run_date):
                 print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
