@@ -56,7 +56,7 @@ def nightly_run(spark, tmp_path_factory):
     overrides = [f"lake.root={root / 'lake'}", "spark.ui_enabled=false",
                  f"input.transactions={root / 'gen' / 'transactions.csv'}",
                  f"input.products={root / 'gen' / 'products.csv'}",
-                 "input.generate_if_missing=false", "rfm.k_max=4",
+                 "input.generate_if_missing=false", "rfm.k_max=4", "rfm.n_init=1",
                  skip_all_but(*[s.name for s in STAGES if not s.name.startswith("train")])]
     config = load_config(None, overrides)
     result = run_nightly(spark, config, "2026-11-22")

@@ -80,10 +80,10 @@ class InputConfig:
 class RfmConfig:
     """RFM scores, named segments and K-means customer clusters (lib/deepmine/rfm.py)."""
     k_min: int = 2  # K-means k is chosen by silhouette over [k_min, k_max]
-    k_max: int = 8
+    k_max: int = 6
     seed: int = 42  # K-means seed: same input + seed -> same clusters
     max_iter: int = 50  # K-means iterations per run
-    n_init: int = 3  # K-means runs per k (seeds seed, seed+1, ...); the lowest cost wins
+    n_init: int = 2  # K-means runs per k (seeds seed, seed+1, ...); the lowest cost wins
     # how returns count in monetary: net = a return subtracts its amount; ignore = purchases only
     # (recency and frequency always count purchase invoices only)
     returns: Literal["net", "ignore"] = "net"

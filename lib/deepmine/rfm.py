@@ -30,16 +30,16 @@ starts at score 3; some scores may then hold nobody, which is the honest outcome
 
 Named segments come from (r_score, f_score) through SEGMENT_GRID below, the one place where the
 mapping lives. Clusters: Spark ML K-means on standardized log1p features, k chosen by silhouette
-(squared Euclidean) over [rfm.k_min, rfm.k_max], seeded; cluster ids are renumbered by size, 0 the
-largest.
+(squared Euclidean) over [rfm.k_min, rfm.k_max], each k the lowest-cost of rfm.n_init seeded runs;
+cluster ids are renumbered by size, 0 the largest.
 """
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
 
-from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.clustering import KMeans
+from pyspark.ml.evaluation import ClusteringEvaluator
 from pyspark.ml.feature import StandardScaler, VectorAssembler
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -114,8 +114,9 @@ def add_quintile_score(df: DataFrame, value: str, score: str, higher_is_better: 
     worse = F.coalesce(F.sum("_n").over(Window.orderBy(worse_first).rowsBetween(
         Window.unboundedPreceding, -1)), F.lit(0))
     total = F.sum("_n").over(Window.partitionBy())
+    score_of = (F.lit(1) + F.expr("(5 * _worse) div _total")).cast("int")
     scores = (counts.select(value, worse.alias("_worse"), total.alias("_total"))
-              .select(value, (F.lit(1) + F.expr("(5 * _worse) div _total")).cast("int").alias(score)))
+              .select(value, score_of.alias(score)))
     return df.join(scores, value, "left")
 
 
@@ -161,9 +162,34 @@ def feature_vectors(rfm: DataFrame, columns: tuple[str, ...], partitions: int) -
     return scaled.repartition(partitions, "customer_id").sortWithinPartitions("customer_id")
 
 
+def fit_kmeans(features: DataFrame, k: int, seed: int, max_iter: int = 50, n_init: int = 3):
+    """The K-means model of lowest within-cluster cost over `n_init` runs seeded seed, seed+1, ...
+
+    One run can stop in a poor local optimum (on generated data, 1 run in 4 merged two planted
+    groups and split another); restarts are the usual remedy."""
+    best = None
+    for run in range(n_init):
+        model = KMeans(k=k, seed=seed + run, maxIter=max_iter, featuresCol="features",
+                       predictionCol="_label").fit(features)
+        if best is None or model.summary.trainingCost < best.summary.trainingCost:
+            best = model
+    return best
+
+
+CUSTOMERS_PER_PARTITION = 100_000
+
+
+def feature_partitions(customers: int, max_partitions: int) -> int:
+    """Partitions for K-means' input: about CUSTOMERS_PER_PARTITION customers each, at most
+    `max_partitions`. Each K-means iteration is a Spark job, and on small inputs the tasks'
+    overhead is most of its time (one partition fits 800 customers about twice as fast as four)."""
+    return max(1, min(max_partitions, -(-customers // CUSTOMERS_PER_PARTITION)))
+
+
 def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
-                    max_iter: int = 50) -> tuple[DataFrame | None, dict[str, Any]]:
-    """Fit K-means for every k in [k_min, k_max]; keep the best silhouette (ties: smaller k).
+                    max_iter: int = 50, n_init: int = 3) -> tuple[DataFrame | None, dict[str, Any]]:
+    """Fit K-means for every k in [k_min, k_max] (fit_kmeans); keep the best silhouette (ties:
+    smaller k).
 
     Returns (customer_id, cluster) with clusters renumbered by size (0 = largest; equal sizes by
     K-means' own label), and metrics. With fewer than 2 distinct points no clustering is possible:
@@ -178,8 +204,7 @@ def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
                                     metricName="silhouette", distanceMeasure="squaredEuclidean")
     best = None
     for k in range(k_min, min(k_max, distinct) + 1):
-        model = KMeans(k=k, seed=seed, maxIter=max_iter, featuresCol="features",
-                       predictionCol="_label").fit(features)
+        model = fit_kmeans(features, k, seed, max_iter, n_init)
         predicted = model.transform(features)
         if len(set(model.summary.clusterSizes) - {0}) < 2:
             continue  # K-means collapsed to one cluster: silhouette is undefined
@@ -228,8 +253,9 @@ def check_config(cfg: RfmConfig) -> None:
     if cfg.returns not in RETURN_POLICIES:
         raise ConfigError(f"config key 'rfm.returns': expected one of {list(RETURN_POLICIES)}, "
                           f"found {cfg.returns!r}")
-    if cfg.max_iter < 1:
-        raise ConfigError(f"config key 'rfm.max_iter': expected >= 1, found {cfg.max_iter}")
+    if cfg.max_iter < 1 or cfg.n_init < 1:
+        raise ConfigError(f"config keys 'rfm.max_iter'/'rfm.n_init': expected >= 1, found "
+                          f"max_iter={cfg.max_iter}, n_init={cfg.n_init}")
 
 
 def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
@@ -256,17 +282,21 @@ def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
                             ).first()
             customers, unknown_monetary = int(stats["customers"]), int(stats["unknown"])
             columns = CLUSTER_FEATURES if unknown_monetary == 0 else CLUSTER_FEATURES[:2]
-            features = feature_vectors(rfm, columns, config.spark.shuffle_partitions).persist()
-            try:
-                clusters, cluster_metrics = choose_clusters(
-                    features, cfg.k_min, cfg.k_max, cfg.seed, cfg.max_iter)
-                if clusters is None:
-                    out = rfm.withColumn("cluster", F.lit(0))
-                else:
-                    out = rfm.join(clusters, "customer_id", "left")
-                rows = lake.publish(out, "mining/rfm", partition)
-            finally:
-                features.unpersist()
+            if customers >= 2:
+                features = feature_vectors(rfm, columns, feature_partitions(
+                    customers, config.spark.shuffle_partitions)).persist()
+                try:
+                    clusters, cluster_metrics = choose_clusters(
+                        features, cfg.k_min, cfg.k_max, cfg.seed, cfg.max_iter, cfg.n_init)
+                    out = (rfm.withColumn("cluster", F.lit(0)) if clusters is None
+                           else rfm.join(clusters, "customer_id", "left"))
+                    rows = lake.publish(out, "mining/rfm", partition)
+                finally:
+                    features.unpersist()
+            else:
+                cluster_metrics = {"k": customers, "silhouette": None,
+                                   "note": f"{customers} customer(s): nothing to cluster"}
+                rows = lake.publish(rfm.withColumn("cluster", F.lit(0)), "mining/rfm", partition)
         finally:
             rfm.unpersist()
 

@@ -110,7 +110,8 @@ def association_rules(itemsets: DataFrame, n_baskets: int, min_confidence: float
                                     F.col("support").alias("sA")), "antecedents")
               .join(supports.select(F.col("items").alias("consequents"),
                                     F.col("support").alias("sC")), "consequents"))
-    return rule_metrics(joined, n_baskets).where(F.col("confidence") >= F.lit(float(min_confidence)))
+    return rule_metrics(joined, n_baskets).where(
+        F.col("confidence") >= F.lit(float(min_confidence)))
 
 
 def rule_metrics(df: DataFrame, n_baskets: int) -> DataFrame:
@@ -179,7 +180,8 @@ def read_categories(spark: SparkSession, path: str, column: str) -> DataFrame:
 def check_config(cfg: RulesConfig) -> None:
     problems = []
     if not 0.0 < cfg.min_support <= 1.0:
-        problems.append(f"'rules.min_support': expected a fraction in (0, 1], found {cfg.min_support}")
+        problems.append(f"'rules.min_support': expected a fraction in (0, 1], found "
+                        f"{cfg.min_support}")
     if not 0.0 <= cfg.min_confidence <= 1.0:
         problems.append(f"'rules.min_confidence': expected a value in [0, 1], found "
                         f"{cfg.min_confidence}")

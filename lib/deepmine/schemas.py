@@ -50,7 +50,7 @@ QUARANTINE = T.StructType([
 # customers the model does not know. `score` is ALS's predicted preference (implicit) or rating
 # (explicit) for `als` rows, the share of customers who bought/rated the product for `popularity`
 # rows: compare scores within a source only. `rank` is 1..top_n per customer.
-RECOMMENDATIONS = T.StructType([
+MINING_RECOMMENDATIONS = T.StructType([
     T.StructField("customer_id", T.StringType(), False),
     T.StructField("product_id", T.StringType(), False),
     T.StructField("rank", T.IntegerType(), False),
@@ -150,7 +150,7 @@ TABLES: dict[str, T.StructType] = {
     "mining/rfm_segments": MINING_RFM_SEGMENTS,
     "mining/itemsets": MINING_ITEMSETS,
     "mining/rules": MINING_RULES,
-    "mining/recommendations": RECOMMENDATIONS,
+    "mining/recommendations": MINING_RECOMMENDATIONS,
     "features/customers": FEATURES_CUSTOMERS,
     "features/images": FEATURES_IMAGES,
     "predictions/autoencoder_customers": PREDICTIONS_CLUSTERS_CUSTOMERS,
