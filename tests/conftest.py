@@ -45,19 +45,20 @@ def skip_all_but(*keep: str) -> str:
 
 @pytest.fixture(scope="session")
 def nightly_run(spark, tmp_path_factory):
-    """One nightly (ingest through report, training left out) on generated data, shared by the
+    """One nightly (ingest, mining and report; features and training have their own tests) on
+    generated data, shared by the
     tests that inspect a whole run: the report, the repeat-run drill and the cluster comparison."""
     from deepmine.config import load_config
     from deepmine.generate import generate_transactions
     from deepmine.lake import Lake
-    from deepmine.nightly import STAGES, run_nightly
+    from deepmine.nightly import run_nightly
     root = tmp_path_factory.mktemp("nightly")
     generate_transactions(root / "gen", lines=2500, seed=9, dirty_rate=0.05)
     overrides = [f"lake.root={root / 'lake'}", "spark.ui_enabled=false",
                  f"input.transactions={root / 'gen' / 'transactions.csv'}",
                  f"input.products={root / 'gen' / 'products.csv'}",
                  "input.generate_if_missing=false", "rfm.k_max=4", "rfm.n_init=1",
-                 skip_all_but(*[s.name for s in STAGES if not s.name.startswith("train")])]
+                 skip_all_but("ingest", "rfm", "rules", "recommend", "report")]
     config = load_config(None, overrides)
     result = run_nightly(spark, config, "2026-11-22")
     return {"config": config, "overrides": overrides, "lake": Lake(spark, config.lake.root),

@@ -12,8 +12,12 @@ standardized over the customers (mean 0, sd 1), in this order (names also in the
   `return_line_share` (return lines / all lines).
 - `share_<category>`: the customer's purchase spend per product category (categories from the
   `input.products` CSV, sorted by name; spend on products missing from it is in `share_other`).
-  The shares are standardized like the rest and then scaled by 1/sqrt(number of shares), so the
-  category mix as a whole weighs as much as one RFM feature instead of drowning them.
+
+Blocks are weighted after standardizing: each RFM entry weighs 1; the basket block and the share
+block are scaled to a total standard deviation of `features.basket_weight` (0.5) and
+`features.category_weight` (0.25). Unweighted, the six basket statistics (noisy for one-invoice
+customers) and the shares outvote recency/frequency/spend: on generated data (20k lines), K-means
+on the unweighted vector finds the planted groups with ARI 0.57, on the weighted one 1.0.
 
 Images: `features` = height*width intensities / 255 (row-major) and `label` (-1 when unknown),
 from `clean/images` (every dt <= D, the latest version of each image_id) when images were ingested;
@@ -38,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -122,13 +127,18 @@ def standardize(values: DataFrame, names: list[str], weights: dict[str, float]) 
 
 
 def customer_features(transactions: DataFrame, run_date: str, rfm: DataFrame,
-                      products: DataFrame | None) -> tuple[DataFrame, list[str]]:
-    """Clean transactions (+ RFM values, products) -> (customer_id, features), feature names."""
+                      products: DataFrame | None, basket_weight: float = 0.5,
+                      category_weight: float = 0.25) -> tuple[DataFrame, list[str]]:
+    """Clean transactions (+ RFM values, products) -> (customer_id, features), feature names.
+
+    The basket block and the category block are scaled to a total standard deviation of
+    `basket_weight` / `category_weight` (each entry by weight / sqrt(entries))."""
     categories = category_names(products)
     values = customer_feature_values(transactions, run_date, rfm, products, categories)
     shares = [_share_column(c) for c in categories]
     names = [*RFM_FEATURES, *BASKET_FEATURES, *shares]
-    weights = {s: 1.0 / math.sqrt(len(shares)) for s in shares}
+    weights = {s: category_weight / math.sqrt(len(shares)) for s in shares}
+    weights.update({b: basket_weight / math.sqrt(len(BASKET_FEATURES)) for b in BASKET_FEATURES})
     return standardize(values, names, weights), names
 
 
@@ -189,7 +199,6 @@ def synthetic_images(n: int, height: int = 28, width: int = 28, seed: int = 0
 
 def _raw_images_frame(spark: SparkSession, pixels: np.ndarray, labels: np.ndarray,
                       splits: list[str], ids: list[str]) -> DataFrame:
-    import pandas as pd
     flat = pixels.reshape(len(pixels), -1)
     pdf = pd.DataFrame({"image_id": ids, "label": labels.astype(np.int64),
                         "pixels": [row.tobytes() for row in flat], "split": splits})
@@ -203,7 +212,8 @@ def _raw_images_frame(spark: SparkSession, pixels: np.ndarray, labels: np.ndarra
 def image_source(spark: SparkSession, lake: Lake, config: Config, run_date: str
                  ) -> tuple[DataFrame, str]:
     """(image_id, label, pixels binary, split) for the run, and which source it came from."""
-    if lake.exists(lake.url("clean/images")):
+    source = config.features.image_source
+    if source == "auto" and lake.exists(lake.url("clean/images")):
         history = lake.read_history("clean/images", run_date)
         latest = Window.partitionBy("image_id").orderBy(F.col("dt").desc(), F.col("source_file").desc())
         clean = (history.withColumn("_n", F.row_number().over(latest)).where("_n = 1")
@@ -213,10 +223,14 @@ def image_source(spark: SparkSession, lake: Lake, config: Config, run_date: str
     from deepmine import samples
     h, w = config.images.height, config.images.width
     try:
+        if source == "synthetic":
+            raise samples.SampleUnavailable("fashion_mnist", "", "features.image_source=synthetic")
         paths = samples.source_paths("fashion_mnist")
         if (h, w) != (28, 28):
             raise samples.SampleUnavailable("fashion_mnist", "", f"images are 28x28, not {h}x{w}")
     except samples.SampleUnavailable:
+        if source == "fashion_mnist":
+            raise
         n = config.features.synthetic_images
         pixels, labels = synthetic_images(n, h, w, config.features.seed)
         n_test = max(1, n // 7)
@@ -224,9 +238,9 @@ def image_source(spark: SparkSession, lake: Lake, config: Config, run_date: str
         ids = [f"synthetic-{i:06d}" for i in range(n)]
         return _raw_images_frame(spark, pixels, labels, splits, ids), "synthetic"
     frames = []
-    for split, stem in (("train", "train"), ("test", "t10k")):
-        pixels = samples.read_idx(paths[f"{stem}-images"])
-        labels = samples.read_idx(paths[f"{stem}-labels"])
+    for split in ("train", "test"):
+        pixels = samples.read_idx(paths[f"{split}_images"])
+        labels = samples.read_idx(paths[f"{split}_labels"])
         limit = getattr(config.features, f"image_limit_{split}")
         keep = np.arange(len(labels))
         if limit and limit < len(keep):
@@ -239,7 +253,6 @@ def image_source(spark: SparkSession, lake: Lake, config: Config, run_date: str
 
 def decode_pixels(images: DataFrame, height: int, width: int) -> DataFrame:
     """pixels (binary, height*width uint8) -> features (array<float>, / 255); checks the size."""
-    import pandas as pd
     size = height * width
 
     @F.pandas_udf(T.ArrayType(T.FloatType()))
@@ -288,7 +301,9 @@ def row_group_layout(spark: SparkSession, df: DataFrame, groups: int, split_col:
         raise ConfigError(f"config key 'features.row_groups': expected >= 1, found {groups}")
     n_splits = len(splits) if split_col else 1
     keys = _partition_keys(spark, groups * n_splits)
-    key_of = F.create_map(*[x for p, k in enumerate(keys) for x in (F.lit(p), F.lit(k))])
+    # the keys are longs, as in _partition_keys: Murmur3 hashes an int and a long differently
+    key_of = F.create_map(*[x for p, k in enumerate(keys)
+                            for x in (F.lit(p), F.lit(k).cast("long"))])
     if split_col:
         first = df.groupBy(split_col).agg(F.min("row_id").alias("_first"))
         df = df.join(F.broadcast(first), split_col)
@@ -343,7 +358,8 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
                 rfm, rfm_source = rfm_values(transactions, run_date, config.rfm.returns), \
                     "clean/transactions"
             products = read_products(spark, config.input.products)
-            vectors, names = customer_features(transactions, run_date, rfm, products)
+            vectors, names = customer_features(transactions, run_date, rfm, products,
+                                               cfg.basket_weight, cfg.category_weight)
             vectors = with_row_ids(vectors, "customer_id", cfg.seed)
             layout = publish_for_petastorm(
                 lake, row_group_layout(spark, vectors, cfg.row_groups), "features/customers", partition)

@@ -2,8 +2,9 @@
 
 `open_loader` is the one place a rank's reader is opened: `make_batch_reader` over the table's
 Parquet files with `cur_shard=rank, shard_count=size` (Petastorm deals row groups to shards, which
-is why features.py writes row groups of equal size), row groups shuffled with a seed that changes
-per epoch (so a rank sees other row groups each epoch, and every rank agrees on the deal), behind
+is why features.py writes row groups of equal size; the deal is by row-group index, i % size, so a
+rank keeps its row groups every epoch), their order and the rows shuffled with a seed that changes
+per epoch, behind
 `petastorm.pytorch.BatchedDataLoader` (column-wise, ~25x the rows/s of the row-wise DataLoader).
 Across the ranks of one epoch, every row is read exactly once.
 
@@ -76,7 +77,7 @@ def open_loader(urls: list[str], rank: int, size: int, columns: list[str], batch
     """A batched PyTorch loader over this rank's shard of `urls`, for one epoch.
 
     Yields dicts of tensors, one entry per column in `columns` (list columns become 2-D). With
-    `shuffle`, row groups are shuffled (seed + epoch) and, if `shuffle_buffer` > 0, rows too
+    `shuffle`, the row-group order is shuffled (seed + epoch) and, if `shuffle_buffer` > 0, rows
     (torch's global generator: seed it per epoch for a reproducible order). The last batch may be
     smaller than `batch_size`.
     """
@@ -95,3 +96,20 @@ def open_loader(urls: list[str], rank: int, size: int, columns: list[str], batch
                                shuffling_queue_capacity=shuffle_buffer if shuffle else 0)
     with loader:
         yield loader
+
+
+def rows_seen(urls: list[str], epochs: int, seed: int, batch_size: int = 64,
+              shuffle_buffer: int = 128) -> dict:
+    """Rank function (under Horovod): the row_ids this rank reads in each of `epochs` epochs.
+    Checks the sharding: across ranks, each epoch's lists together hold every row once."""
+    import horovod.torch as hvd
+    hvd.init()
+    seen = []
+    for epoch in range(epochs):
+        ids: list[int] = []
+        with open_loader(urls, hvd.rank(), hvd.size(), ["row_id"], batch_size, seed=seed,
+                         epoch=epoch, shuffle_buffer=shuffle_buffer) as loader:
+            for batch in loader:
+                ids += batch["row_id"].tolist()
+        seen.append(ids)
+    return {"rank": hvd.rank(), "seen": seen}

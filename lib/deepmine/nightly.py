@@ -62,6 +62,13 @@ def _mining(name: str) -> Callable[[SparkSession, Config, str, NightlyInputs], d
     return run
 
 
+def _training(model: str, target: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
+    def run(spark: SparkSession, config: Config, run_date: str, inputs: NightlyInputs) -> dict:
+        from deepmine.train import run_train
+        return run_train(spark, config, run_date, model, target)
+    return run
+
+
 STAGES: list[Stage] = [
     # each input is ingested only where the config names one
     Stage(stage_name("transactions"), _ingest("transactions"),
@@ -79,6 +86,15 @@ STAGES: list[Stage] = [
     Stage("recommend", _mining("recommend"), ("mining/recommendations",),
           applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
                                               else inputs.transactions)),
+    # features and training: images always (Fashion-MNIST or synthetic when none were ingested),
+    # customers where there are transactions
+    Stage("features", _mining("features"), ("features/images",)),
+    Stage("train_autoencoder_customers", _training("autoencoder", "customers"),
+          ("models/autoencoder_customers", "predictions/autoencoder_customers"),
+          applies=lambda config, inputs: bool(inputs.transactions)),
+    Stage("train_autoencoder_images", _training("autoencoder", "images"),
+          ("models/autoencoder_images", "predictions/autoencoder_images")),
+    Stage("train_cnn", _training("cnn", "images"), ("models/cnn", "predictions/cnn")),
     Stage("report", _mining("report"), (), summarizes=True),
 ]
 

@@ -179,30 +179,26 @@ class FittedAls:
     users: DataFrame  # customer_id, _user
     items: DataFrame  # product_id, _item
     n_items: int
+    _cached: tuple[DataFrame, ...] = ()
 
     def unpersist(self) -> None:
-        self.users.unpersist()
-        self.items.unpersist()
+        for df in self._cached:
+            df.unpersist()
         self.model.userFactors.unpersist()
         self.model.itemFactors.unpersist()
 
 
-def _index(interactions: DataFrame, column: str, index_column: str) -> tuple[DataFrame, int]:
-    ids = interactions.select(column).distinct()
-    indexer = StringIndexer(inputCol=column, outputCol=index_column,
-                            stringOrderType="alphabetAsc").fit(ids)
-    mapping = indexer.transform(ids).select(column, F.col(index_column).cast("int").alias(index_column))
-    return mapping.persist(), len(indexer.labels)
-
-
 def fit_als(interactions: DataFrame, params: AlsParams) -> FittedAls:
     """Fit ALS on (customer_id, product_id, strength)."""
-    users, _ = _index(interactions, CUSTOMER, USER)
-    items, n_items = _index(interactions, PRODUCT, ITEM)
-    data = (interactions.join(F.broadcast(items), PRODUCT).join(users, CUSTOMER)
-            .select(USER, ITEM, STRENGTH))
-    model = params.estimator().fit(data)
-    return FittedAls(model, users, items, n_items)
+    indexer = StringIndexer(inputCols=[CUSTOMER, PRODUCT], outputCols=[USER, ITEM],
+                            stringOrderType="alphabetAsc").fit(interactions)
+    indexed = (indexer.transform(interactions.select(CUSTOMER, PRODUCT, STRENGTH))
+               .withColumn(USER, F.col(USER).cast("int")).withColumn(ITEM, F.col(ITEM).cast("int"))
+               .persist())
+    users = indexed.select(CUSTOMER, USER).distinct().persist()
+    items = indexed.select(PRODUCT, ITEM).distinct().persist()
+    model = params.estimator().fit(indexed.select(USER, ITEM, STRENGTH))
+    return FittedAls(model, users, items, items.count(), (indexed, users, items))
 
 
 def predict(fitted: FittedAls, pairs: DataFrame) -> DataFrame:
@@ -229,21 +225,20 @@ def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: in
     """The n best-scored products per target customer that it has not seen; customers the model
     does not know get none. -> customer_id, product_id, rank, score.
 
-    ALS's own top-k cannot exclude, so each customer asks for n + (its seen count, rounded up to
-    a power of two) and the seen ones are dropped after: customers are grouped by that rounded
-    count so a heavy buyer does not make every customer's list long.
+    ALS's own top-k cannot exclude, so each customer asks for n + (its seen count rounded up to
+    a power of 4, at least 64) and the seen ones are dropped after: customers are grouped by that
+    rounded count (one ALS call per group) so a heavy buyer does not make every list long.
     """
     targets = _seen_counts(targets.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER), seen)
-    bucket = F.when(F.col("_n_seen") == 0, 0).otherwise(F.ceil(F.log2("_n_seen"))).cast("int")
-    targets = targets.withColumn("_bucket", bucket).persist()
+    bucket = F.greatest(F.lit(3), F.ceil(F.log2(F.greatest("_n_seen", F.lit(1))) / 2)).cast("int")
+    targets = targets.withColumn("_bucket", bucket)
     buckets = sorted(r[0] for r in targets.select("_bucket").distinct().collect())
     parts = []
     for b in buckets:
-        size = min(n + 2 ** b, fitted.n_items)
+        size = min(n + 4 ** b, fitted.n_items)
         parts.append(fitted.model.recommendForUserSubset(
             targets.where(F.col("_bucket") == b).select(USER), size))
     if not parts:
-        targets.unpersist()
         return _empty_recommendations(targets.sparkSession)
     recs = (reduce(DataFrame.unionByName, parts)
             .select(USER, F.explode("recommendations").alias("r"))
@@ -256,18 +251,18 @@ def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: in
 def popularity(interactions: DataFrame) -> DataFrame:
     """(customer_id, product_id, ...) -> product_id, buyers (distinct customers), score (buyers as a
     share of all customers)."""
-    customers = interactions.select(CUSTOMER).distinct().count()
+    customers = interactions.agg(F.countDistinct(CUSTOMER).alias("_customers"))
     return (interactions.groupBy(PRODUCT).agg(F.countDistinct(CUSTOMER).alias("buyers"))
-            .withColumn("score", F.col("buyers") / F.lit(max(customers, 1))))
+            .crossJoin(F.broadcast(customers))
+            .select(PRODUCT, "buyers", (F.col("buyers") / F.col("_customers")).alias("score")))
 
 
 def top_unseen_popular(popular: DataFrame, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
     """The n most popular products per target customer that it has not seen (ties: product_id).
     -> customer_id, product_id, rank, score."""
-    targets = _seen_counts(targets.select(CUSTOMER).distinct(), seen).persist()
+    targets = _seen_counts(targets.select(CUSTOMER).distinct(), seen)
     most_seen = targets.agg(F.max("_n_seen")).first()[0]
     if most_seen is None:
-        targets.unpersist()
         return _empty_recommendations(targets.sparkSession)
     # the head of the list that any customer can reach, with its ranks, is small: build it on the
     # driver (a global window would pull every product into one partition)
@@ -499,14 +494,13 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
             seen, customers = interactions.select(CUSTOMER, PRODUCT), interactions.select(CUSTOMER)
             cached.append(interactions)
         try:
-            n_interactions = interactions.count()
-            if n_interactions == 0:
+            size = interactions.agg(F.count(F.lit(1)).alias("interactions"),
+                                    F.countDistinct(PRODUCT).alias("products")).first()
+            if size["interactions"] == 0:
                 raise ValueError(f"recommend: no {'purchases' if params.implicit else 'ratings'} "
                                  f"up to {run_date} in {lake.root}; nothing to learn from")
-            run.counts.update(
-                interactions=n_interactions,
-                customers=customers.distinct().count(),
-                products=interactions.select(PRODUCT).distinct().count())
+            run.counts.update(interactions=size["interactions"],
+                              customers=customers.distinct().count(), products=size["products"])
             if cfg.tune:
                 params, grid = tune(params, cfg, _training_part(params, cfg, data))
                 run.metrics["tuning"] = grid

@@ -1,0 +1,338 @@
+"""Train: `deepmine train --model cnn|autoencoder --target images|customers`.
+
+One stage per model (manifest names `train_cnn`, `train_autoencoder_customers`,
+`train_autoencoder_images`), each doing, for run date D:
+
+1. launch `deepmine.trainer.train` on `train.num_proc` Horovod ranks over the feature table's
+   Parquet files (`train.launcher`: `spark` = horovod.spark.run from this session, or
+   `horovodrun` = a local horovodrun process, hosts from `train.hosts`); checkpoints every epoch
+   in `models/<model>/_checkpoints/run_date=D/`, resumed when the stage is run again;
+2. publish `models/<model>/run_date=D/`: `weights.pt` (a state_dict; load with
+   `torch.load(..., weights_only=True)` into `deepmine.models.build(spec)`), `spec.json`,
+   `metrics.json`, `model.torchscript.pt` and, for the CNN, `model_int8.torchscript.pt`;
+3. batch inference over the whole feature table with Spark -> `predictions/<model>/run_date=D`;
+4. metrics into the manifest: CNN test accuracy, confusion matrix and int8 accuracy; for deep
+   clustering cluster_acc / nmi / ari against the known groups (image labels, or the generator's
+   planted customer groups) beside plain K-means on the same vectors, K-means on the pretrained
+   embeddings (DEC's starting point) and, for customers, the RFM stage's K-means.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from deepmine.config import Config, ConfigError
+from deepmine.lake import Lake, StageRun
+from deepmine.loader import parquet_parts, split_urls
+from deepmine.trainer import CheckpointStore, TrainArgs, state_dict_bytes
+
+MODELS = ("autoencoder", "cnn")
+TARGETS = ("customers", "images")
+CUSTOMER_HIDDEN = (64, 32)
+
+
+def model_name(model: str, target: str) -> str:
+    """The model's name in the lake (`models/<name>`, `predictions/<name>`)."""
+    if model not in MODELS:
+        raise ConfigError(f"--model: expected one of {list(MODELS)}, found {model!r}")
+    if target not in TARGETS:
+        raise ConfigError(f"--target: expected one of {list(TARGETS)}, found {target!r}")
+    if model == "cnn":
+        if target != "images":
+            raise ConfigError("--model cnn classifies images: use --target images")
+        return "cnn"
+    return f"autoencoder_{target}"
+
+
+def stage_name(model: str, target: str) -> str:
+    return f"train_{model_name(model, target)}"
+
+
+# --------------------------------------------------------------------------- arguments
+
+def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: str) -> TrainArgs:
+    """The ranks' arguments for model `name` over the feature table's `parts`."""
+    t = config.train
+    if t.num_proc < 1:
+        raise ConfigError(f"config key 'train.num_proc': expected >= 1, found {t.num_proc}")
+    rows = sum(p.rows for p in parts)
+    row_groups = sum(1 for p in parts for n in p.row_group_rows if n)
+    common = dict(name=name, checkpoint_dir=checkpoint_dir, batch_size=t.batch_size, lr=t.lr,
+                  seed=t.seed, device=t.device, reader_pool=t.reader_pool,
+                  shuffle_buffer=t.shuffle_buffer, log_prefix=f"[train_{name}]")
+    h, w = config.images.height, config.images.width
+    if name == "cnn":
+        train_files, test_files = split_urls(parts, "train"), split_urls(parts, "test")
+        args = TrainArgs(task="cnn", spec={"kind": "cnn", "height": h, "width": w, "n_classes": 10},
+                         train_urls=train_files, eval_urls=test_files, epochs=t.epochs, **common)
+        needed = len(train_files)
+    else:
+        customers = name.endswith("customers")
+        if customers:
+            dim = _vector_length(parts)
+            spec = {"kind": "dense_dec", "in_dim": dim, "hidden": list(CUSTOMER_HIDDEN),
+                    "embedding_dim": t.customer_embedding_dim, "n_clusters": t.customer_clusters,
+                    "alpha": t.dec_alpha}
+        else:
+            spec = {"kind": "conv_dec", "height": h, "width": w, "embedding_dim": t.embedding_dim,
+                    "n_clusters": t.image_clusters, "alpha": t.dec_alpha}
+        if customers:
+            common["batch_size"] = t.customer_batch_size
+        args = TrainArgs(
+            task="dec", spec=spec, train_urls=split_urls(parts), n_rows=rows,
+            pretrain_epochs=t.customer_pretrain_epochs if customers else t.pretrain_epochs,
+            dec_max_epochs=t.customer_dec_max_epochs if customers else t.dec_max_epochs,
+            dec_variant=t.dec_variant, dec_gamma=t.dec_gamma, dec_tolerance=t.dec_tolerance,
+            kmeans_n_init=t.kmeans_n_init, **common)
+        needed = row_groups
+    if needed < t.num_proc:
+        raise ValueError(f"{name}: {needed} row groups for {t.num_proc} ranks; Petastorm gives "
+                         "each rank whole row groups: raise features.row_groups and re-run features")
+    if needed % t.num_proc:
+        print(f"[train_{name}] warning: {needed} row groups do not split evenly over "
+              f"{t.num_proc} ranks (set features.row_groups to a multiple of train.num_proc)")
+    described = {k: v for k, v in dataclasses.asdict(args).items()
+                 if k not in ("checkpoint_dir", "log_prefix", "fingerprint")}
+    described["parts"] = [(p.url, p.row_group_rows) for p in parts]
+    described["run_date"] = run_date
+    args.fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    return args
+
+
+def _vector_length(parts) -> int:
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    for p in parts:
+        if p.rows:
+            fs, path = pafs.FileSystem.from_uri(p.url)
+            with fs.open_input_file(path) as f:
+                first = pq.ParquetFile(f).read_row_group(0, columns=["features"]).column(0)[0]
+            return len(first.as_py())
+    raise ValueError("the feature table has no rows")
+
+
+# --------------------------------------------------------------------------- launching
+
+def launch(args: TrainArgs, config: Config) -> None:
+    """Run `train(args)` on `train.num_proc` ranks with the configured launcher."""
+    t = config.train
+    if t.launcher == "spark":
+        from deepmine.launch import run_on_spark
+        from deepmine.trainer import train
+        run_on_spark(train, num_proc=t.num_proc, args=(dataclasses.asdict(args),),
+                     start_timeout=t.start_timeout)
+    else:
+        run_horovodrun(args, t.num_proc, t.hosts, t.start_timeout)
+
+
+def horovodrun_command(args_path: str, num_proc: int, hosts: str = "") -> list[str]:
+    """The horovodrun command line that runs `python -m deepmine.trainer ARGS.json` on each rank."""
+    runner = Path(sys.executable).with_name("horovodrun")
+    command = [str(runner) if runner.exists() else "horovodrun", "-np", str(num_proc),
+               "-H", hosts or f"localhost:{num_proc}", "--gloo"]
+    if not hosts:
+        command += ["--network-interface", "lo"]  # one machine: rendezvous on loopback only
+    return command + [sys.executable, "-m", "deepmine.trainer", args_path]
+
+
+def run_horovodrun(args: TrainArgs, num_proc: int, hosts: str = "", start_timeout: int = 120) -> None:
+    with tempfile.TemporaryDirectory(prefix="deepmine-train-") as tmp:
+        path = os.path.join(tmp, "train_args.json")
+        Path(path).write_text(args.to_json())
+        command = horovodrun_command(path, num_proc, hosts)
+        env = {**os.environ, "HOROVOD_START_TIMEOUT": str(start_timeout)}
+        done = subprocess.run(command, env=env)
+        if done.returncode != 0:
+            raise RuntimeError(f"horovodrun exited with {done.returncode}: {' '.join(command)}")
+
+
+# --------------------------------------------------------------------------- artifacts
+
+def publish_model_files(lake: Lake, name: str, run_date: str, files: dict[str, bytes]) -> str:
+    """Write `models/<name>/run_date=D/` atomically (staging, then the lake's rename swap)."""
+    import pyarrow.fs as pafs
+    partition = f"run_date={run_date}"
+    table = f"models/{name}"
+    lake.recover(table, partition)
+    token = uuid.uuid4().hex[:12]
+    staging = lake.url(table, "_staging", f"{partition}.{token}")
+    fs, root = pafs.FileSystem.from_uri(staging)
+    fs.create_dir(root, recursive=True)
+    for file_name, data in {**files, "_SUCCESS": b""}.items():
+        with fs.open_output_stream(f"{root}/{file_name}") as f:
+            f.write(data)
+    lake._swap(table, partition, staging, token)
+    return lake.partition_url(table, partition)
+
+
+def customer_truth_path(config: Config) -> str:
+    if config.train.customer_truth:
+        return config.train.customer_truth
+    if config.input.transactions:
+        return str(Path(config.input.transactions).parent / "customers_truth.csv")
+    return ""
+
+
+# --------------------------------------------------------------------------- stage
+
+def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "cnn",
+              target: str = "images") -> dict:
+    """Train `model` on the `target` feature table for `run_date`; publish the model, the
+    predictions and the metrics."""
+    name = model_name(model, target)
+    lake = Lake(spark, config.lake.root)
+    partition = f"run_date={run_date}"
+    table = f"features/{target}"
+    with StageRun(lake, run_date, f"train_{name}") as run:
+        if not lake.has_partition(table, partition):
+            raise FileNotFoundError(f"no {table} for {run_date} at {lake.partition_url(table, partition)}:"
+                                    f" run `deepmine features --date {run_date}` first")
+        parts = parquet_parts(lake.partition_url(table, partition))
+        checkpoints = lake.url("models", name, "_checkpoints", partition)
+        args = train_args(config, name, parts, run_date, checkpoints)
+        launch(args, config)
+        final = CheckpointStore(checkpoints).load_latest()
+        if final is None or final.get("fingerprint") != args.fingerprint:
+            raise RuntimeError(f"training {name} left no checkpoint in {checkpoints}")
+        weights = state_dict_bytes(final["model"])
+        history = list(final["history"])
+
+        from deepmine.predict import predict
+        id_column = "customer_id" if target == "customers" else "image_id"
+        features = lake.read(table, partition)
+        predictions = predict(features, args.spec, weights, id_column, f"predictions/{name}")
+        rows = lake.publish(predictions, f"predictions/{name}", partition)
+        published = lake.read(f"predictions/{name}", partition)
+
+        if name == "cnn":
+            metrics, extra_files = _cnn_metrics(args, final, features, published, config)
+        else:
+            metrics, extra_files = _clustering_metrics(args, final, features, published, config,
+                                                       lake, partition, target)
+        train_seconds = sum(h.get("seconds", 0.0) for h in history)
+        train_samples = sum(h.get("samples", 0) for h in history)
+        metrics.update(
+            epochs_run=len(history), ranks=config.train.num_proc, launcher=config.train.launcher,
+            train_seconds=round(train_seconds, 3),
+            train_samples_per_s=round(train_samples / train_seconds, 1) if train_seconds else None,
+            history=history)
+        files = {"weights.pt": weights, "spec.json": json.dumps(args.spec, indent=1).encode(),
+                 "metrics.json": json.dumps(metrics, indent=1, default=float).encode(),
+                 **extra_files}
+        model_url = publish_model_files(lake, name, run_date, files)
+        run.counts.update(rows_trained=max((int(h.get("samples", 0)) for h in history), default=0),
+                          predictions=rows)
+        run.metrics.update(metrics)
+        run.outputs.update(model=model_url,
+                           predictions=lake.partition_url(f"predictions/{name}", partition),
+                           checkpoints=checkpoints)
+    return {**run.counts, "metrics": run.metrics}
+
+
+def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Config):
+    import torch
+    from deepmine.export import accuracy, quantize_int8, torchscript_bytes
+    from deepmine.metrics import confusion_matrix
+    from deepmine.models import build
+
+    joined = (predictions.join(features.select("image_id", "label", "split"), "image_id")
+              .where(F.col("label") >= 0))
+    test = joined.where(F.col("split") == "test").select("label", "predicted_label").toPandas()
+    train_acc = joined.where(F.col("split") == "train").agg(
+        F.avg((F.col("label") == F.col("predicted_label")).cast("double"))).first()[0]
+    metrics: dict[str, Any] = {
+        "accuracy": round(float((test["label"] == test["predicted_label"]).mean()), 6)
+        if len(test) else None,
+        "train_accuracy": round(float(train_acc), 6) if train_acc is not None else None,
+        "test_images": int(len(test)),
+        "confusion_matrix": confusion_matrix(test["label"], test["predicted_label"], 10)
+        if len(test) else [],
+    }
+    model = build(args.spec)
+    model.load_state_dict(final["model"])
+    model.eval()
+    example = torch.zeros(2, args.spec["height"] * args.spec["width"])
+    files = {"model.torchscript.pt": torchscript_bytes(model, example)}
+    if config.train.quantize and len(test):
+        rows = features.where(F.col("split") == "test").where(F.col("label") >= 0) \
+            .select("features", "label").toPandas()
+        x = np.stack(rows["features"].to_numpy()).astype(np.float32)
+        y = rows["label"].to_numpy()
+        int8 = quantize_int8(model)
+        metrics["accuracy_float_driver"] = round(accuracy(model, x, y), 6)
+        metrics["accuracy_int8"] = round(accuracy(int8, x, y), 6)
+        files["model_int8.torchscript.pt"] = torchscript_bytes(int8, example)
+        metrics["bytes_float"] = len(files["model.torchscript.pt"])
+        metrics["bytes_int8"] = len(files["model_int8.torchscript.pt"])
+    return metrics, files
+
+
+def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, config: Config,
+                        lake: Lake, partition: str, target: str):
+    import pandas as pd
+    import torch
+    from deepmine.export import torchscript_bytes
+    from deepmine.metrics import clustering_scores, kmeans_baseline
+    from deepmine.models import build
+
+    t = config.train
+    id_column = "customer_id" if target == "customers" else "image_id"
+    n_clusters = args.spec["n_clusters"]
+    metrics: dict[str, Any] = {"n_clusters": n_clusters, "variant": args.dec_variant,
+                               "converged": any(h.get("converged") for h in final["history"])}
+    changed = [h["assignments_changed"] for h in final["history"] if "assignments_changed" in h]
+    if changed:
+        metrics["last_assignments_changed"] = changed[-1]
+    sizes = predictions.groupBy("cluster").count().collect()
+    metrics["cluster_sizes"] = {str(r["cluster"]): int(r["count"]) for r in sorted(sizes)}
+
+    rows = features.select(id_column, "row_id", "features",
+                           *(["label"] if target == "images" else [])).toPandas()
+    if target == "images":
+        rows = rows[rows["label"] >= 0]
+        truth_note = "image labels"
+    else:
+        path = customer_truth_path(config)
+        if not path or not Path(path).exists():
+            rows = rows.iloc[0:0]
+            truth_note = f"no planted customer groups found ({path or 'train.customer_truth unset'})"
+        else:
+            truth = pd.read_csv(path, usecols=["customer_id", "group"], dtype=str)
+            rows = rows.merge(truth.rename(columns={"group": "label"}), on="customer_id")
+            truth_note = f"planted groups from {path}"
+    metrics["truth"] = truth_note
+    metrics["scored_rows"] = int(len(rows))
+    if len(rows):
+        pred = predictions.select(id_column, "cluster").toPandas()
+        scored = rows.merge(pred, on=id_column)
+        metrics.update(clustering_scores(scored["label"], scored["cluster"]))
+        vectors = np.stack(rows["features"].to_numpy())
+        metrics["kmeans_baseline"] = kmeans_baseline(vectors, rows["label"], n_clusters, t.seed,
+                                                     t.kmeans_n_init)
+        init = final.get("init_assign")
+        if init is not None:
+            init = init.numpy()
+            metrics["ae_kmeans"] = clustering_scores(rows["label"], init[rows["row_id"].to_numpy()])
+        if target == "customers" and lake.has_partition("mining/rfm", partition):
+            rfm = lake.read("mining/rfm", partition).select("customer_id", "cluster").toPandas()
+            both = rows.merge(rfm, on="customer_id")
+            metrics["rfm_kmeans"] = {**clustering_scores(both["label"], both["cluster"]),
+                                     "k": int(both["cluster"].nunique())}
+    model = build(args.spec)
+    model.load_state_dict(final["model"])
+    dim = args.spec.get("in_dim") or args.spec["height"] * args.spec["width"]
+    files = {"model.torchscript.pt": torchscript_bytes(model, torch.zeros(2, dim))}
+    return metrics, files

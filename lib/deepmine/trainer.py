@@ -1,0 +1,436 @@
+"""The training loop every Horovod rank runs: `train(args)`. It knows nothing of Spark.
+
+Launched by `deepmine.launch.run_on_spark` (horovod.spark.run, from `deepmine train`) or by
+`horovodrun ... python -m deepmine.trainer ARGS.json` (scripts/train_horovodrun.sh). Each rank:
+`hvd.init()`, seeds, takes the GPU of its local rank when there is one (Horovod's collectives then
+run over NCCL if it was built with it; Gloo on CPU), reads its shard through `open_loader`,
+broadcasts parameters and optimizer state from rank 0, wraps the optimizer in
+`DistributedOptimizer` and scales the learning rate by the number of ranks. Only rank 0 logs and
+writes checkpoints (every epoch) under `args.checkpoint_dir`.
+
+Tasks:
+  cnn   cross-entropy on the `train` files; test accuracy after every epoch.
+  dec   deep clustering: `pretrain_epochs` of reconstruction; then cluster centres from K-means on
+        the embeddings of every row (gathered on rank 0); then DEC/IDEC epochs: at the start of
+        each, the soft assignments Q of every row give the target P (cluster frequencies summed
+        across ranks) and the hard assignments; training stops when fewer than `dec_tolerance` of
+        the assignments changed since the previous epoch, or after `dec_max_epochs`.
+
+Ranks in lockstep: every step is an allreduce, so every rank must take the same number of steps.
+Row groups are equal to within a row, but a rank can still end up with one batch more than
+another; before each step the ranks agree (a one-int allreduce) whether anyone still has data,
+and a rank that has run out takes a zero-gradient step. No row is dropped or read twice.
+
+Resume: the newest checkpoint whose input fingerprint matches is loaded (on rank 0, broadcast to
+the others) and training continues with the next epoch. Everything random is re-seeded at each
+epoch from (seed, epoch, rank) and the reader's order is fixed by (seed, epoch), so a resumed run
+retraces the uninterrupted one: same final weights.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+CHECKPOINT = re.compile(r"^epoch-(\d{4})\.pt$")
+
+
+@dataclass
+class TrainArgs:
+    task: str  # "cnn" or "dec"
+    name: str  # the model's name in the lake: cnn, autoencoder_customers, autoencoder_images
+    spec: dict[str, Any]  # deepmine.models.build(spec)
+    train_urls: list[str]  # Parquet files read for training (row_id, features[, label])
+    checkpoint_dir: str  # URL; rank 0 writes epoch-NNNN.pt there
+    eval_urls: list[str] = field(default_factory=list)  # cnn: the test files
+    n_rows: int = 0  # dec: rows in train_urls (row_id is 0..n_rows-1)
+    epochs: int = 2
+    pretrain_epochs: int = 3
+    dec_max_epochs: int = 4
+    batch_size: int = 128
+    lr: float = 0.001
+    seed: int = 42
+    device: str = "auto"
+    reader_pool: str = "dummy"
+    shuffle_buffer: int = 2048
+    dec_variant: str = "idec"
+    dec_gamma: float = 0.1
+    dec_tolerance: float = 0.001
+    kmeans_n_init: int = 10
+    fingerprint: str = ""  # of the inputs and settings: a checkpoint of other inputs is not resumed
+    log_prefix: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainArgs":
+        return cls(**json.loads(text))
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+class CheckpointStore:
+    """epoch-NNNN.pt files under a URL (pyarrow file systems); written whole, then renamed."""
+
+    def __init__(self, url: str, keep: int = 2):
+        import pyarrow.fs as pafs
+        self.url = url
+        self.fs, self.root = pafs.FileSystem.from_uri(url)
+        self.keep = keep
+
+    def epochs(self) -> list[int]:
+        import pyarrow.fs as pafs
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return sorted(int(m.group(1)) for i in infos if (m := CHECKPOINT.match(i.base_name)))
+
+    def _path(self, epoch: int) -> str:
+        return f"{self.root}/epoch-{epoch:04d}.pt"
+
+    def load(self, epoch: int) -> dict[str, Any]:
+        with self.fs.open_input_stream(self._path(epoch)) as f:
+            return torch.load(io.BytesIO(f.read()), weights_only=True)
+
+    def load_latest(self) -> dict[str, Any] | None:
+        epochs = self.epochs()
+        return self.load(epochs[-1]) if epochs else None
+
+    def save(self, epoch: int, state: dict[str, Any]) -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        self.fs.create_dir(self.root, recursive=True)
+        tmp = f"{self.root}/.epoch-{epoch:04d}.pt.tmp"
+        with self.fs.open_output_stream(tmp) as f:
+            f.write(buf.getvalue())
+        self.fs.move(tmp, self._path(epoch))
+        for old in self.epochs()[:-self.keep]:
+            self.fs.delete_file(self._path(old))
+
+    def clear(self) -> None:
+        for epoch in self.epochs():
+            self.fs.delete_file(self._path(epoch))
+
+
+# --------------------------------------------------------------------------- helpers
+
+def pick_device(preference: str, local_rank: int) -> torch.device:
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but torch sees no GPU on this host")
+    if preference in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Everything random in an epoch (dropout, the loader's row shuffle) from (seed, epoch, rank)."""
+    torch.manual_seed(seed * 100_003 + epoch * 1_009 + rank)
+    np.random.seed((seed * 7919 + epoch * 31 + rank) % 2 ** 32)
+
+
+def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    return buf.getvalue()
+
+
+class Rank:
+    """This process's place in the job and the collectives the loop uses."""
+
+    def __init__(self, hvd):
+        self.hvd = hvd
+        self.rank, self.size = hvd.rank(), hvd.size()
+
+    def log(self, text: str) -> None:
+        if self.rank == 0:
+            print(text, flush=True)
+
+    def sum(self, values: list[float] | torch.Tensor, name: str) -> torch.Tensor:
+        t = torch.as_tensor(values, dtype=torch.float64).cpu()
+        return self.hvd.allreduce(t, op=self.hvd.Sum, name=name)
+
+    def lockstep(self, batches: Iterator[dict]) -> Iterator[dict | None]:
+        """Batches of this rank until every rank is out; None where this rank is out early."""
+        it = iter(batches)
+        while True:
+            batch = next(it, None)
+            if self.sum([0.0 if batch is None else 1.0], "lockstep").item() == 0:
+                return
+            yield batch
+
+
+def _batches(args: TrainArgs, urls: list[str], r: Rank, epoch: int, columns: list[str],
+             shuffle: bool, shuffle_rows: bool | None = None) -> Iterator[dict]:
+    """This rank's batches of `epoch`; `shuffle` orders row groups by (seed, epoch), and
+    `shuffle_rows` (default: `shuffle`) also mixes rows across them."""
+    from deepmine.loader import open_loader
+    rows = shuffle if shuffle_rows is None else shuffle_rows
+    with open_loader(urls, r.rank, r.size, columns, args.batch_size, seed=args.seed, epoch=epoch,
+                     shuffle=shuffle, shuffle_buffer=args.shuffle_buffer if rows else 0,
+                     pool=args.reader_pool) as loader:
+        yield from loader
+
+
+def _step(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> None:
+    """One optimizer step; `loss` None = this rank has no batch left: a zero-gradient step."""
+    opt.zero_grad()
+    if loss is None:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    else:
+        loss.backward()
+    opt.step()
+
+
+# --------------------------------------------------------------------------- entry
+
+def train(args: TrainArgs | dict) -> dict[str, Any]:
+    """Run on every rank. Returns a summary (rank 0: the history; the weights are in the final
+    checkpoint, `checkpoint_dir/epoch-NNNN.pt`, key `model`)."""
+    import horovod.torch as hvd
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="petastorm")
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    if isinstance(args, dict):
+        args = TrainArgs(**args)
+    hvd.init()
+    r = Rank(hvd)
+    device = pick_device(args.device, hvd.local_rank())
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, hvd.local_size())))
+
+    from deepmine.models import build
+    torch.manual_seed(args.seed)
+    model = build(args.spec).to(device)
+    params = list(model.parameters())
+    optimizer = torch.optim.Adam(params, lr=args.lr * r.size)  # lr scaled by the number of ranks
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+
+    store = CheckpointStore(args.checkpoint_dir)
+    state = None
+    if r.rank == 0:
+        state = store.load_latest()
+        if state is not None and state.get("fingerprint") != args.fingerprint:
+            r.log(f"{args.log_prefix} checkpoints in {args.checkpoint_dir} are of other inputs: "
+                  "starting afresh")
+            store.clear()
+            state = None
+    # a fixed name: the default (the type's name) differs between a rank holding a dict and one
+    # holding None, and mismatched names deadlock
+    state = hvd.broadcast_object(state, root_rank=0, name="checkpoint")
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        r.log(f"{args.log_prefix} resuming after epoch {state['epoch']} from {args.checkpoint_dir}")
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    loop = _train_cnn if args.task == "cnn" else _train_dec
+    return loop(args, r, model, params, optimizer, store, state, device)
+
+
+def _save(args: TrainArgs, r: Rank, store: CheckpointStore, epoch: int, model, optimizer,
+          extra: dict[str, Any]) -> None:
+    if r.rank == 0:
+        store.save(epoch, {"epoch": epoch, "fingerprint": args.fingerprint,
+                           "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                           "optimizer": optimizer.state_dict(), **extra})
+
+
+def _train_cnn(args, r, model, params, optimizer, store, state, device) -> dict[str, Any]:
+    history: list[dict] = list(state["history"]) if state else []
+    start = state["epoch"] + 1 if state else 0
+    for epoch in range(start, args.epochs):
+        seed_epoch(args.seed, epoch, r.rank)
+        model.train()
+        t0, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for batch in r.lockstep(_batches(args, args.train_urls, r, epoch,
+                                         ["row_id", "features", "label"], shuffle=True)):
+            if batch is None:
+                _step(optimizer, params, None)
+                continue
+            x, y = batch["features"].to(device), batch["label"].to(device)
+            loss = F.cross_entropy(model(x), y)
+            _step(optimizer, params, loss)
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+        seconds = time.perf_counter() - t0
+        total_loss, total_seen = r.sum([loss_sum, seen], "train_loss").tolist()
+        _average_buffers(r, model)
+        correct, tested = _evaluate_cnn(args, r, model, device)
+        entry = {"epoch": epoch, "loss": total_loss / max(total_seen, 1), "samples": int(total_seen),
+                 "seconds": round(seconds, 3), "samples_per_s": round(total_seen / seconds, 1),
+                 "test_accuracy": correct / max(tested, 1)}
+        history.append(entry)
+        r.log(f"{args.log_prefix} epoch {epoch + 1}/{args.epochs} loss={entry['loss']:.4f} "
+              f"test_accuracy={entry['test_accuracy']:.4f} {entry['samples_per_s']:.0f} samples/s")
+        _save(args, r, store, epoch, model, optimizer, {"history": history})
+    return {"rank": r.rank, "size": r.size, "history": history if r.rank == 0 else []}
+
+
+@torch.no_grad()
+def _average_buffers(r: Rank, model) -> None:
+    """Batch-norm running statistics differ per rank (each saw its own shard): average them, so
+    every rank evaluates, and rank 0 saves, the same model."""
+    for name, buf in model.named_buffers():
+        if buf.is_floating_point():
+            buf.copy_(r.hvd.allreduce(buf.cpu(), op=r.hvd.Average, name=f"buffer.{name}").to(buf.device))
+
+
+@torch.no_grad()
+def _evaluate_cnn(args, r, model, device) -> tuple[float, float]:
+    if not args.eval_urls:
+        return 0.0, 0.0
+    model.eval()
+    correct = tested = 0
+    for batch in _batches(args, args.eval_urls, r, 0, ["features", "label"], shuffle=False):
+        y = batch["label"].to(device)
+        correct += int((model(batch["features"].to(device)).argmax(1) == y).sum())
+        tested += len(y)
+    c, t = r.sum([correct, tested], "test_accuracy").tolist()
+    return c, t
+
+
+@torch.no_grad()
+def _soft_assignments(args, r, model, device, epoch: int, shuffle: bool
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(row_id, embedding, q) of every row of this rank's shard (its row groups)."""
+    model.eval()
+    ids, zs, qs = [], [], []
+    for batch in _batches(args, args.train_urls, r, epoch, ["row_id", "features"], shuffle,
+                          shuffle_rows=False):
+        _, z, q = model(batch["features"].to(device))
+        ids.append(batch["row_id"].long())
+        zs.append(z.cpu())
+        qs.append(q.cpu())
+    return torch.cat(ids), torch.cat(zs), torch.cat(qs)
+
+
+def _gather_by_row(r: Rank, hvd, ids: torch.Tensor, values: torch.Tensor, n_rows: int,
+                   name: str) -> torch.Tensor:
+    """Every rank's (row_id -> value) rows, as one tensor indexed by row_id, on every rank."""
+    all_ids = hvd.allgather(ids, name=f"{name}.ids")
+    all_values = hvd.allgather(values, name=f"{name}.values")
+    out = torch.zeros((n_rows, *values.shape[1:]), dtype=values.dtype)
+    out[all_ids] = all_values
+    return out
+
+
+def _init_centers(args, r, model, device) -> torch.Tensor:
+    """K-means (scikit-learn, on rank 0) on the embeddings of every row; centres broadcast."""
+    import horovod.torch as hvd
+    ids, z, _ = _soft_assignments(args, r, model, device, 0, shuffle=False)
+    embeddings = _gather_by_row(r, hvd, ids, z, args.n_rows, "kmeans_init")
+    centers = torch.zeros_like(model.centers.data.cpu())
+    if r.rank == 0:
+        from sklearn.cluster import KMeans
+        km = KMeans(n_clusters=centers.shape[0], n_init=args.kmeans_n_init,
+                    random_state=args.seed).fit(embeddings.numpy().astype(np.float64))
+        centers = torch.as_tensor(km.cluster_centers_, dtype=centers.dtype)
+    centers = hvd.broadcast(centers, root_rank=0, name="kmeans_centers")
+    model.centers.data.copy_(centers.to(model.centers.device))
+    return torch.cdist(embeddings, centers).argmin(1)
+
+
+def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[str, Any]:
+    import horovod.torch as hvd
+    history: list[dict] = list(state["history"]) if state else []
+    start = state["epoch"] + 1 if state else 0
+    assign = state.get("assign") if state else None
+    init_assign = state.get("init_assign") if state else None
+    converged = bool(state.get("converged", False)) if state else False
+    idec = args.dec_variant == "idec"
+    total = args.pretrain_epochs + args.dec_max_epochs
+    for epoch in range(start, total):
+        if converged:
+            break
+        seed_epoch(args.seed, epoch, r.rank)
+        pretrain = epoch < args.pretrain_epochs
+        entry: dict[str, Any] = {"epoch": epoch, "phase": "pretrain" if pretrain else args.dec_variant}
+        target = None
+        if not pretrain:
+            if init_assign is None:
+                init_assign = _init_centers(args, r, model, device)
+                assign = init_assign.clone()
+            ids, _, q = _soft_assignments(args, r, model, device, epoch, shuffle=True)
+            frequency = r.sum(q.sum(0), "cluster_frequency").float()
+            from deepmine.models import target_distribution
+            target = torch.zeros((args.n_rows, q.shape[1]))
+            target[ids] = target_distribution(q, frequency)
+            new_assign = _gather_by_row(r, hvd, ids, q.argmax(1), args.n_rows, "assign")
+            changed = float((new_assign != assign).float().mean())
+            assign = new_assign
+            entry["assignments_changed"] = changed
+            if epoch > args.pretrain_epochs and changed < args.dec_tolerance:
+                converged = True
+                entry["converged"] = True
+                history.append(entry)
+                r.log(f"{args.log_prefix} converged: {changed:.4%} of assignments changed "
+                      f"(< {args.dec_tolerance:.4%})")
+                _save(args, r, store, epoch, model, optimizer,
+                      {"history": history, "assign": assign, "init_assign": init_assign,
+                       "converged": True})
+                break
+        model.train()
+        t0, sums, seen = time.perf_counter(), [0.0, 0.0], 0
+        for batch in r.lockstep(_batches(args, args.train_urls, r, epoch,
+                                         ["row_id", "features"], shuffle=True)):
+            if batch is None:
+                _step(optimizer, params, None)
+                continue
+            x = batch["features"].to(device)
+            if pretrain:
+                recon, _ = model.autoencoder(x)
+                recon_loss, kl = F.mse_loss(recon, x), torch.zeros(())
+                loss = recon_loss
+            else:
+                recon, _, q = model(x)
+                p = target[batch["row_id"].long()].to(device)
+                kl = F.kl_div(q.clamp_min(1e-12).log(), p, reduction="batchmean")
+                recon_loss = F.mse_loss(recon, x)
+                loss = recon_loss + args.dec_gamma * kl if idec else kl
+            _step(optimizer, params, loss)
+            sums[0] += recon_loss.item() * len(x)
+            sums[1] += kl.item() * len(x)
+            seen += len(x)
+        seconds = time.perf_counter() - t0
+        recon_sum, kl_sum, total_seen = r.sum([*sums, seen], "dec_loss").tolist()
+        entry.update(reconstruction_loss=recon_sum / max(total_seen, 1),
+                     kl_loss=kl_sum / max(total_seen, 1), samples=int(total_seen),
+                     seconds=round(seconds, 3), samples_per_s=round(total_seen / seconds, 1))
+        history.append(entry)
+        extra = f" changed={entry['assignments_changed']:.4f} kl={entry['kl_loss']:.4f}" \
+            if not pretrain else ""
+        r.log(f"{args.log_prefix} epoch {epoch + 1}/{total} {entry['phase']} "
+              f"recon={entry['reconstruction_loss']:.5f}{extra} {entry['samples_per_s']:.0f} samples/s")
+        _save(args, r, store, epoch, model, optimizer,
+              {"history": history, "assign": assign, "init_assign": init_assign,
+               "converged": False})
+    return {"rank": r.rank, "size": r.size, "history": history if r.rank == 0 else []}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m deepmine.trainer ARGS.json` on every rank (what horovodrun starts)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: horovodrun -np N [-H host:slots,...] python -m deepmine.trainer ARGS.json",
+              file=sys.stderr)
+        return 2
+    with open(argv[0]) as f:
+        args = TrainArgs.from_json(f.read())
+    train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

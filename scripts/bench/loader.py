@@ -1,0 +1,90 @@
+"""Loader throughput: the Petastorm path training uses against the practical ceiling.
+
+    .venv/bin/python scripts/bench/loader.py [--rows 2000000] [--dim 64] [--batch 1024]
+
+Writes a feature table like features/customers (row_id + a list<float> vector, equal row groups)
+with pyarrow under --dir, then reads it for one epoch:
+  petastorm   deepmine.loader.open_loader (make_batch_reader + BatchedDataLoader), as one rank
+              reading every row group, with the dummy (deterministic) and the thread reader pool
+  ceiling     pyarrow.dataset batches turned straight into torch tensors (no Petastorm)
+and prints rows/s and the share of the ceiling (goal: >= 60%).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+
+
+def write_table(path: Path, rows: int, dim: int, row_groups: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per = -(-rows // row_groups)
+    for g in range(row_groups):
+        start, stop = g * per, min(rows, (g + 1) * per)
+        if start >= stop:
+            break
+        values = rng.standard_normal((stop - start) * dim, dtype=np.float32)
+        offsets = pa.array(np.arange(0, (stop - start) * dim + 1, dim, dtype=np.int32))
+        table = pa.table({"row_id": pa.array(np.arange(start, stop, dtype=np.int64)),
+                          "features": pa.ListArray.from_arrays(offsets, pa.array(values))})
+        pq.write_table(table, path / f"part-{g:05d}.parquet", row_group_size=stop - start)
+
+
+def petastorm_epoch(urls: list[str], batch: int, pool: str) -> tuple[int, float]:
+    from deepmine.loader import open_loader
+    rows, t0 = 0, time.perf_counter()
+    with open_loader(urls, 0, 1, ["row_id", "features"], batch, seed=1, pool=pool) as loader:
+        for b in loader:
+            rows += len(b["row_id"])
+            b["features"].sum()  # touch the data
+    return rows, time.perf_counter() - t0
+
+
+def ceiling_epoch(path: Path, batch: int, dim: int) -> tuple[int, float]:
+    rows, t0 = 0, time.perf_counter()
+    for rb in pads.dataset(path, format="parquet").to_batches(batch_size=batch):
+        ids = torch.from_numpy(rb.column(0).to_numpy())
+        flat = rb.column(1).flatten().to_numpy()
+        x = torch.from_numpy(flat.reshape(-1, dim))
+        rows += len(ids)
+        x.sum()
+    return rows, time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", type=int, default=2_000_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--batch", type=int, default=1024)
+    p.add_argument("--row-groups", type=int, default=32)
+    p.add_argument("--dir", default="/tmp/deepmine-bench-loader")
+    a = p.parse_args()
+    warnings.filterwarnings("ignore")
+    path = Path(a.dir) / f"rows{a.rows}_dim{a.dim}"
+    if not path.exists():
+        write_table(path, a.rows, a.dim, a.row_groups)
+    urls = [f.as_uri() for f in sorted(path.glob("*.parquet"))]
+    results = {}
+    n, s = ceiling_epoch(path, a.batch, a.dim)
+    results["ceiling (pyarrow -> torch)"] = (n, s)
+    for pool in ("dummy", "thread"):
+        results[f"petastorm BatchedDataLoader ({pool} pool)"] = petastorm_epoch(urls, a.batch, pool)
+    ceiling = results["ceiling (pyarrow -> torch)"][0] / results["ceiling (pyarrow -> torch)"][1]
+    print(f"{a.rows} rows x {a.dim} float32, batch {a.batch}, {a.row_groups} row groups")
+    print(f"{'path':45s} {'rows':>9s} {'seconds':>8s} {'rows/s':>10s} {'of ceiling':>10s}")
+    for name, (n, s) in results.items():
+        print(f"{name:45s} {n:9d} {s:8.2f} {n / s:10.0f} {n / s / ceiling:10.0%}")
+    print(json.dumps({k: round(n / s) for k, (n, s) in results.items()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Training throughput: samples/s of one CNN epoch with 1 and 2 Horovod ranks (horovodrun, Gloo).
+
+    .venv/bin/python scripts/bench/train.py [--images 60000] [--ranks 1,2] [--model cnn|conv_dec]
+
+Writes synthetic 28x28 images as a feature table (equal row groups, like features/images) with
+pyarrow, runs `deepmine.trainer.train` for one epoch per rank count through `horovodrun`, and
+prints samples/s and the scaling efficiency (samples/s with N ranks / (N x with 1 rank)). On a
+machine with a GPU (train device auto) the same command measures the GPU, loader included.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_images(path: Path, n: int, row_groups: int) -> None:
+    from deepmine.features import synthetic_images
+    path.mkdir(parents=True, exist_ok=True)
+    pixels, labels = synthetic_images(n, 28, 28, seed=0)
+    flat = (pixels.reshape(n, -1) / np.float32(255)).astype(np.float32)
+    per = -(-n // row_groups)
+    for g in range(row_groups):
+        s, e = g * per, min(n, (g + 1) * per)
+        offsets = pa.array(np.arange(0, (e - s) * 784 + 1, 784, dtype=np.int32))
+        table = pa.table({"row_id": pa.array(np.arange(s, e, dtype=np.int64)),
+                          "label": pa.array(labels[s:e]),
+                          "features": pa.ListArray.from_arrays(offsets, pa.array(flat[s:e].ravel()))})
+        pq.write_table(table, path / f"part-{g:05d}.parquet", row_group_size=e - s)
+
+
+def main() -> None:
+    from deepmine.train import horovodrun_command
+    from deepmine.trainer import CheckpointStore, TrainArgs
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, default=60000)
+    p.add_argument("--ranks", default="1,2")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--model", default="cnn", choices=["cnn", "conv_dec"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dir", default="/tmp/deepmine-bench-train")
+    a = p.parse_args()
+    data = Path(a.dir) / f"images{a.images}"
+    if not data.exists():
+        write_images(data, a.images, 8)
+    urls = [f.as_uri() for f in sorted(data.glob("*.parquet"))]
+    if a.model == "cnn":
+        spec = {"kind": "cnn", "height": 28, "width": 28, "n_classes": 10}
+        extra = {"task": "cnn", "epochs": 1}
+    else:
+        spec = {"kind": "conv_dec", "height": 28, "width": 28, "embedding_dim": 10, "n_clusters": 10}
+        extra = {"task": "dec", "pretrain_epochs": 1, "dec_max_epochs": 0, "n_rows": a.images}
+    rows = []
+    for ranks in [int(x) for x in a.ranks.split(",")]:
+        with tempfile.TemporaryDirectory() as tmp:
+            args = TrainArgs(name="bench", spec=spec, train_urls=urls, batch_size=a.batch,
+                             checkpoint_dir=Path(tmp, "ckpt").as_uri(), device=a.device, **extra)
+            Path(tmp, "args.json").write_text(args.to_json())
+            subprocess.run(horovodrun_command(str(Path(tmp, "args.json")), ranks), check=True,
+                           stdout=subprocess.DEVNULL)
+            entry = CheckpointStore(args.checkpoint_dir).load_latest()["history"][-1]
+        rows.append((ranks, entry["samples"], entry["seconds"], entry["samples_per_s"]))
+    base = rows[0][3] / rows[0][0]
+    print(f"{a.model}, {a.images} images, batch {a.batch} per rank")
+    print(f"{'ranks':>5s} {'samples':>8s} {'seconds':>8s} {'samples/s':>10s} {'efficiency':>10s}")
+    for ranks, n, s, rate in rows:
+        print(f"{ranks:5d} {n:8d} {s:8.2f} {rate:10.1f} {rate / (ranks * base):10.0%}")
+    print(json.dumps([{"ranks": r, "samples_per_s": x} for r, _, _, x in rows]))
+
+
+if __name__ == "__main__":
+    main()

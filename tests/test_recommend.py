@@ -1,0 +1,338 @@
+"""Recommendations (deepmine.recommend): the metrics against hand computations and Spark's own
+RankingMetrics, the splits, the top-N lists against a brute-force ranking, the stage end to end on
+generated transactions (where ALS must beat popularity) and on ratings, and MovieLens 100k's RMSE.
+The same check on the Instacart sample takes longer than this file may: scripts/bench/recommend.py
+makes it."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from deepmine import recommend as rec
+from deepmine.config import ConfigError, RecommendConfig, load_config
+from deepmine.lake import Lake
+from deepmine.schemas import CLEAN_RATINGS, CLEAN_TRANSACTIONS, MINING_RECOMMENDATIONS
+
+RUN_DATE = "2026-11-23"
+RECS = "customer_id string, product_id string, rank int"
+PAIRS = "customer_id string, product_id string"
+
+
+def params(**changes) -> rec.AlsParams:
+    base = rec.AlsParams.from_config(RecommendConfig(), 2)
+    return dataclasses.replace(base, num_blocks=2, **changes)
+
+
+# --------------------------------------------------------------------------- metrics
+
+def test_ranking_metrics_by_hand(spark):
+    recommended = spark.createDataFrame([
+        ("a", "p1", 1), ("a", "p2", 2), ("a", "p3", 3), ("a", "p9", 4),  # rank 4 is past k
+        ("b", "p4", 1), ("b", "p5", 2),  # fewer than k
+        ("d", "p1", 1),  # d has nothing relevant: not scored
+    ], RECS)
+    relevant = spark.createDataFrame([
+        ("a", "p1"), ("a", "p3"), ("a", "p9"), ("b", "p5"), ("c", "p1"),  # c got no list: zeros
+    ], PAIRS)
+    got = rec.ranking_metrics(recommended, relevant, k=3)
+
+    def g(i):  # gain at rank i
+        return 1 / math.log2(i + 1)
+    # a: hits at ranks 1 and 3 of 3 relevant; b: a hit at rank 2 of 1 relevant; c: nothing
+    precision = [2 / 3, 1 / 3, 0]
+    recall = [2 / 3, 1 / 1, 0]
+    ap = [(1 / 1 + 2 / 3) / 3, (1 / 2) / 1, 0]
+    ndcg = [(g(1) + g(3)) / (g(1) + g(2) + g(3)), g(2) / g(1), 0]
+    assert got["customers"] == 3
+    assert got["precision_at_3"] == pytest.approx(sum(precision) / 3, abs=1e-12)
+    assert got["recall_at_3"] == pytest.approx(sum(recall) / 3, abs=1e-12)
+    assert got["map_at_3"] == pytest.approx(sum(ap) / 3, abs=1e-12)
+    assert got["ndcg_at_3"] == pytest.approx(sum(ndcg) / 3, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # RankingMetrics builds an SQLContext
+def test_ranking_metrics_agree_with_spark_ranking_metrics(spark):
+    from pyspark.mllib.evaluation import RankingMetrics
+
+    rng = np.random.default_rng(3)
+    lists, rows, relevant_rows = [], [], []
+    for c in range(40):
+        predicted = [f"p{x}" for x in rng.permutation(30)[: rng.integers(0, 13)]]
+        labels = sorted({f"p{x}" for x in rng.integers(0, 30, rng.integers(1, 8))})
+        lists.append((predicted, labels))
+        rows += [(f"c{c}", p, i + 1) for i, p in enumerate(predicted)]
+        relevant_rows += [(f"c{c}", p) for p in labels]
+    got = rec.ranking_metrics(spark.createDataFrame(rows, RECS),
+                              spark.createDataFrame(relevant_rows, PAIRS), k=10)
+    spark_metrics = RankingMetrics(spark.sparkContext.parallelize(lists, 2))
+    assert got["precision_at_10"] == pytest.approx(spark_metrics.precisionAt(10), abs=1e-12)
+    assert got["recall_at_10"] == pytest.approx(spark_metrics.recallAt(10), abs=1e-12)
+    assert got["map_at_10"] == pytest.approx(spark_metrics.meanAveragePrecisionAt(10), abs=1e-12)
+    assert got["ndcg_at_10"] == pytest.approx(spark_metrics.ndcgAt(10), abs=1e-12)
+
+
+def test_rating_metrics_by_hand(spark):
+    df = spark.createDataFrame([(4.0, 3.5), (2.0, 3.0), (5.0, 5.0), (1.0, 3.0)],
+                               "strength double, prediction double")
+    got = rec.rating_metrics(df)
+    assert got["n"] == 4
+    assert got["rmse"] == pytest.approx(math.sqrt((0.25 + 1 + 0 + 4) / 4), abs=1e-12)
+    assert got["mae"] == pytest.approx((0.5 + 1 + 0 + 2) / 4, abs=1e-12)
+
+
+# --------------------------------------------------------------------------- interactions, splits
+
+LINES = "customer_id string, product_id string, invoice_id string, invoice_ts timestamp"
+
+
+def _lines(spark, rows):
+    return spark.createDataFrame(
+        [(c, p, i, pd.Timestamp(ts).to_pydatetime()) for c, p, i, ts in rows], LINES)
+
+
+def test_purchase_counts_skip_returns_and_count_invoices(spark):
+    tx = spark.createDataFrame([
+        ("I1", "A", "p1", 2, pd.Timestamp("2026-01-01").to_pydatetime()),
+        ("I1", "A", "p1", 1, pd.Timestamp("2026-01-01").to_pydatetime()),  # same invoice again
+        ("I2", "A", "p1", 1, pd.Timestamp("2026-01-02").to_pydatetime()),
+        ("C1", "A", "p2", -1, pd.Timestamp("2026-01-03").to_pydatetime()),  # a return only
+        ("I3", "B", "p2", 5, pd.Timestamp("2026-01-03").to_pydatetime()),
+    ], "invoice_id string, customer_id string, product_id string, quantity long, "
+       "invoice_ts timestamp")
+    got = rec.purchase_counts(rec.purchase_lines(tx))
+    assertDataFrameEqual(got, spark.createDataFrame(
+        [("A", "p1", 2.0), ("B", "p2", 1.0)], "customer_id string, product_id string, strength double"))
+
+
+def test_split_by_time_holds_out_each_customers_last_invoices(spark):
+    rows = []
+    for i in range(1, 6):  # A: 5 invoices -> the last ceil(0.2 * 5) = 1 held out (two lines)
+        rows.append(("A", "p1", f"A{i}", f"2026-01-0{i}"))
+    rows.append(("A", "p2", "A5", "2026-01-05"))
+    rows += [("B", "p1", "B1", "2026-01-01"), ("B", "p2", "B2", "2026-01-02")]  # 2 -> 1 held out
+    rows += [("C", "p1", "C1", "2026-01-01")]  # 1 invoice -> none held out
+    # D: 7 invoices -> ceil(1.4) = 2 held out; the last three share a timestamp, so the invoice
+    # ids decide (D7 and D6 go); D9 is the earliest despite its id
+    rows += [("D", "p1", "D9", "2026-01-15")]
+    rows += [("D", "p1", f"D{i}", f"2026-02-0{i}") for i in range(2, 5)]
+    rows += [("D", "p1", f"D{i}", "2026-03-01") for i in (6, 5, 7)]
+    got = rec.split_by_time(_lines(spark, rows), 0.2).select("invoice_id", "product_id", "held_out")
+    held = {("A", "A5"), ("B", "B2"), ("D", "D6"), ("D", "D7")}
+    expected = [(i, p, (c, i) in held) for c, p, i, _ in rows]
+    assertDataFrameEqual(got, spark.createDataFrame(expected, got.schema))
+
+    # with test_fraction 0.9 a customer still keeps one invoice for training
+    got = rec.split_by_time(_lines(spark, rows), 0.9).groupBy("customer_id").agg(
+        F.sum((~F.col("held_out")).cast("int")).alias("kept"))
+    assert {r["customer_id"]: r["kept"] for r in got.collect()} == {"A": 1, "B": 1, "C": 1, "D": 1}
+
+
+def test_split_random_is_stable_and_near_the_fraction(spark):
+    pairs = spark.range(4000).select(F.concat(F.lit("u"), (F.col("id") % 97).cast("string"))
+                                     .alias("customer_id"),
+                                     F.col("id").cast("string").alias("product_id"))
+    a = rec.split_random(pairs, 0.2, seed=1).where("held_out").select("customer_id", "product_id")
+    b = rec.split_random(pairs.repartition(3).orderBy(F.rand(5)), 0.2, seed=1).where("held_out")
+    assertDataFrameEqual(a, b.select("customer_id", "product_id"))
+    assert 0.17 < a.count() / 4000 < 0.23
+    other = rec.split_random(pairs, 0.2, seed=2).where("held_out")
+    assert other.join(a, ["customer_id", "product_id"]).count() < 0.5 * a.count()
+
+
+def test_new_relevant_excludes_products_bought_before(spark):
+    test_lines = _lines(spark, [("A", "p1", "I9", "2026-02-01"), ("A", "p3", "I9", "2026-02-01"),
+                                ("B", "p2", "I8", "2026-02-01")])
+    train = spark.createDataFrame([("A", "p1", 1.0), ("B", "p1", 2.0)],
+                                  "customer_id string, product_id string, strength double")
+    assertDataFrameEqual(rec.new_relevant(test_lines, train),
+                         spark.createDataFrame([("A", "p3"), ("B", "p2")], PAIRS))
+
+
+# --------------------------------------------------------------------------- top-N lists
+
+def test_top_unseen_popular(spark):
+    bought = spark.createDataFrame([
+        ("A", "p1"), ("B", "p1"), ("C", "p1"), ("A", "p2"), ("B", "p2"), ("C", "p3"), ("A", "p4"),
+    ], PAIRS)
+    popular = rec.popularity(bought)
+    targets = spark.createDataFrame([("A",), ("C",), ("N",)], "customer_id string")
+    got = rec.top_unseen_popular(popular, targets, bought, 2)
+    # buyers: p1 3, p2 2, p3 1, p4 1 (ties by product id); of 3 customers
+    assertDataFrameEqual(got, spark.createDataFrame([
+        ("A", "p3", 1, 1 / 3),
+        ("C", "p2", 1, 2 / 3), ("C", "p4", 2, 1 / 3),
+        ("N", "p1", 1, 3 / 3), ("N", "p2", 2, 2 / 3),
+    ], f"{RECS}, score double"))
+
+
+@pytest.fixture(scope="module")
+def small_interactions(spark):
+    """30 customers x 80 products with two tastes, and one heavy buyer who has seen 70 products
+    (so the ALS top-N asks in two rounds)."""
+    rng = np.random.default_rng(5)
+    rows = []
+    for c in range(30):
+        side = c % 2
+        for p in rng.choice(40, size=8, replace=False):
+            rows.append((f"c{c:02d}", f"p{side * 40 + p:02d}", float(rng.integers(1, 4))))
+    rows += [("heavy", f"p{p:02d}", 1.0) for p in range(70)]
+    return spark.createDataFrame(rows, "customer_id string, product_id string, strength double").cache()
+
+
+def test_top_unseen_als_is_the_best_unseen_by_brute_force(spark, small_interactions):
+    p = params(rank=4, max_iter=5)
+    fitted = rec.fit_als(small_interactions, p)
+    targets = small_interactions.select("customer_id").distinct()
+    got = rec.top_unseen_als(fitted, targets, small_interactions, 5).toPandas()
+
+    users = {r["customer_id"]: r["_user"] for r in fitted.users.collect()}
+    items = {r["_item"]: r["product_id"] for r in fitted.items.collect()}
+    uf = {r["id"]: np.array(r["features"]) for r in fitted.model.userFactors.collect()}
+    itf = {items[r["id"]]: np.array(r["features"]) for r in fitted.model.itemFactors.collect()}
+    seen = small_interactions.toPandas().groupby("customer_id")["product_id"].agg(set)
+    for customer, user in users.items():
+        scores = {prod: float(uf[user] @ v) for prod, v in itf.items() if prod not in seen[customer]}
+        best = sorted(scores.values(), reverse=True)[:5]
+        mine = got[got["customer_id"] == customer].sort_values("rank")
+        assert list(mine["rank"]) == list(range(1, len(best) + 1)), customer
+        assert not set(mine["product_id"]) & seen[customer], customer
+        assert list(mine["score"]) == pytest.approx(best, abs=1e-4), customer
+        assert [scores[x] for x in mine["product_id"]] == pytest.approx(best, abs=1e-4)
+    assert len(got[got["customer_id"] == "heavy"]) == 5  # 10 unseen products are left
+
+    again = rec.top_unseen_als(rec.fit_als(small_interactions, p), targets, small_interactions, 5)
+    assertDataFrameEqual(again.toPandas().sort_values(["customer_id", "rank"]).reset_index(drop=True),
+                         got.sort_values(["customer_id", "rank"]).reset_index(drop=True))
+
+
+# --------------------------------------------------------------------------- config
+
+@pytest.mark.parametrize("override,key", [
+    ("recommend.test_fraction=1.0", "test_fraction"), ("recommend.top_n=0", "top_n"),
+    ("recommend.alpha=-1", "alpha"), ("recommend.num_blocks=-2", "num_blocks"),
+])
+def test_config_out_of_range_is_named(override, key):
+    with pytest.raises(ConfigError, match=f"recommend.{key}"):
+        rec.check_config(load_config(None, [override]).recommend)
+
+
+# --------------------------------------------------------------------------- the stage
+
+def _clean_transactions(spark, lines: pd.DataFrame):
+    lines = lines.assign(invoice_ts=pd.to_datetime(lines["invoice_ts"]),
+                         quantity=lines["quantity"].astype("int64"),
+                         unit_price=lines["unit_price"].astype("float64"),
+                         is_return=lines["quantity"] < 0, source_file="transactions.csv")
+    return spark.createDataFrame(lines[list(CLEAN_TRANSACTIONS.fieldNames())], CLEAN_TRANSACTIONS)
+
+
+@pytest.fixture(scope="module")
+def implicit_run(spark, tmp_path_factory):
+    """The stage with its defaults on generated transactions (6,000 lines, 240 customers, 60
+    products with planted tastes), plus one customer who only ever returned a product."""
+    from deepmine.generate import generate_transactions
+
+    base = tmp_path_factory.mktemp("recommend_implicit")
+    generate_transactions(base / "input", lines=6000, seed=11, products=60)
+    lines = pd.read_csv(base / "input" / "transactions.csv", dtype={"invoice_id": str,
+                        "customer_id": str, "product_id": str})
+    lines.loc[len(lines)] = ["C9", "RETURNER", lines["product_id"].iloc[0], -1, 9.99,
+                             "2026-01-05 10:00:00", "Ireland"]
+    config = load_config(None, [f"lake.root={base / 'lake'}", "spark.ui_enabled=false"])
+    lake = Lake(spark, config.lake.root)
+    lake.publish(_clean_transactions(spark, lines), "clean/transactions", f"dt={RUN_DATE}")
+    result = rec.run_recommend(spark, config, RUN_DATE)
+    return {"result": result, "lake": lake, "lines": lines, "config": config}
+
+
+def test_implicit_stage_output_contract(implicit_run, spark):
+    lake, lines, config = implicit_run["lake"], implicit_run["lines"], implicit_run["config"]
+    table = lake.read("mining/recommendations", f"run_date={RUN_DATE}")
+    assert table.schema.fieldNames() == MINING_RECOMMENDATIONS.fieldNames()
+    recs = table.toPandas()
+    n = config.recommend.top_n
+    per_customer = recs.groupby("customer_id")["rank"].agg(list)
+    assert set(per_customer.index) == set(lines["customer_id"])  # every customer has a list
+    assert all(ranks == list(range(1, n + 1)) for ranks in per_customer.map(sorted))
+    seen = set(zip(lines["customer_id"], lines["product_id"]))
+    assert not seen & set(zip(recs["customer_id"], recs["product_id"]))
+    sources = recs.groupby("customer_id")["source"].agg(set)
+    assert sources["RETURNER"] == {"popularity"}
+    assert all(s == {"als"} for c, s in sources.items() if c != "RETURNER")
+    ordered = recs.sort_values(["customer_id", "rank"]).groupby("customer_id")["score"]
+    assert ordered.apply(lambda s: s.is_monotonic_decreasing).all()
+
+    counts = implicit_run["result"]["counts"]
+    assert counts["recommendations"] == len(recs) == n * len(per_customer)
+    assert counts["customers_popularity"] == 1
+    assert counts["customers_als"] == len(per_customer) - 1
+
+
+def test_implicit_stage_beats_popularity_and_records_the_manifest(implicit_run):
+    lake = implicit_run["lake"]
+    record = lake.read_manifest(RUN_DATE)["stages"]["recommend"]
+    assert record["status"] == "ok"
+    m = record["metrics"]
+    print(f"\ngenerated 6k lines: ALS ndcg@10 {m['ndcg_at_10']:.4f} vs popularity "
+          f"{m['baseline_ndcg_at_10']:.4f}")
+    for name in ("precision_at_10", "recall_at_10", "map_at_10", "ndcg_at_10"):
+        assert 0 <= m["baseline_" + name] <= 1 and 0 <= m[name] <= 1
+    assert m["ndcg_at_10"] > 1.05 * m["baseline_ndcg_at_10"]
+    assert m["params"] == {"rank": 10, "reg_param": 0.1, "alpha": 1.0, "max_iter": 15}
+    assert record["counts"]["test_customers"] > 100
+    assert record["outputs"]["recommendations"].endswith(f"mining/recommendations/run_date={RUN_DATE}")
+
+
+def test_explicit_stage_with_tuning(spark, make_config):
+    """Ratings with a planted rank-2 structure; recommendations exclude rated items; the grid and
+    the point it chose are in the manifest, and rank 2 wins."""
+    rng = np.random.default_rng(8)
+    users, items = rng.normal(size=(40, 2)), rng.normal(size=(25, 2))
+    rows = [(f"u{u}", f"m{i}", float(np.clip(np.rint(3 + users[u] @ items[i]), 1, 5)),
+             pd.Timestamp(f"2026-01-{1 + (u + i) % 28:02d} 12:00:00").to_pydatetime(), "r.csv")
+            for u in range(40) for i in range(25) if rng.random() < 0.5]
+    config = make_config("recommend.feedback=explicit", "recommend.tune=true",
+                         "recommend.tune_rank=[2,3]", "recommend.tune_reg_param=[0.1]",
+                         "recommend.max_iter=5", "recommend.num_blocks=2", "recommend.top_n=3",
+                         "recommend.evaluate=false")
+    lake = Lake(spark, config.lake.root)
+    lake.publish(spark.createDataFrame(rows, CLEAN_RATINGS), "clean/ratings", f"dt={RUN_DATE}")
+    result = rec.run_recommend(spark, config, RUN_DATE)
+
+    m = result["metrics"]
+    assert [(g["rank"], g["reg_param"]) for g in m["tuning"]] == [(2, 0.1), (3, 0.1)]
+    best = min(m["tuning"], key=lambda g: g["rmse"])
+    assert best["rank"] == 2
+    assert m["params"] == {"rank": best["rank"], "reg_param": 0.1, "max_iter": 5}
+    assert "rmse" not in m  # evaluation off: the held-out figures are MovieLens's test below
+    assert lake.read_manifest(RUN_DATE)["stages"]["recommend"]["metrics"] == m
+    got = lake.read("mining/recommendations", f"run_date={RUN_DATE}").toPandas()
+    assert set(got["source"]) == {"als"} and len(got) == 3 * 40
+    assert not {(r[0], r[1]) for r in rows} & set(zip(got["customer_id"], got["product_id"]))
+
+
+# --------------------------------------------------------------------------- quality targets
+
+def test_movielens_100k_explicit_rmse(spark, tmp_path):
+    from deepmine.samples import SampleUnavailable, write_samples
+    try:
+        info = write_samples(tmp_path, only=["movielens"])["movielens"]
+    except SampleUnavailable as e:
+        pytest.skip(reason=e.command)
+    ratings = (spark.read.csv(info["path"], header=True)
+               .select("user_id", "item_id", F.col("rating").cast("double").alias("rating")))
+    cfg = RecommendConfig(feedback="explicit")
+    metrics, counts = rec.evaluate(rec.AlsParams.from_config(cfg, 2), cfg,
+                                   rec.rating_interactions(ratings))
+    print(f"\nMovieLens 100k, random 80/20: RMSE {metrics['rmse']:.4f} MAE {metrics['mae']:.4f} "
+          f"(item means: RMSE {metrics['baseline_rmse']:.4f}); {counts}")
+    assert counts["train_pairs"] + counts["test_pairs"] == 100_000
+    assert 0.17 < counts["test_pairs"] / 100_000 < 0.23
+    assert metrics["rmse"] <= 0.93
+    assert metrics["mae"] < metrics["baseline_mae"] and metrics["rmse"] < metrics["baseline_rmse"]

@@ -1,0 +1,176 @@
+"""Training through Petastorm on 2 Horovod ranks over Gloo, launched from Spark (and horovodrun).
+
+One small lake for the module: ~20k generated transaction lines (800 customers in 4 planted
+groups), ingested, RFM-scored, and a small synthetic image table. Then: every row read exactly
+once per epoch across ranks; each model trained for an epoch (deep clustering of customers to
+convergence, compared with the RFM stage's K-means); a run killed mid-training and resumed ends
+with the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepmine.launch import run_on_spark
+from deepmine.loader import parquet_parts, rows_seen, split_urls
+
+D = "2026-11-22"
+
+
+@pytest.fixture(scope="module")
+def trained_lake(spark, tmp_path_factory):
+    """A config and its lake with clean transactions, mining/rfm and both feature tables."""
+    from deepmine.config import load_config
+    from deepmine.features import run_features
+    from deepmine.generate import generate_transactions
+    from deepmine.ingest import run_ingest
+    from deepmine.rfm import run_rfm
+
+    root = tmp_path_factory.mktemp("train")
+    generate_transactions(root / "in", lines=20000, seed=7, dirty_rate=0.0)
+    config = load_config(None, [
+        f"lake.root={root / 'lake'}", "spark.ui_enabled=false",
+        f"input.transactions={root / 'in' / 'transactions.csv'}",
+        f"input.products={root / 'in' / 'products.csv'}",
+        "features.image_source=synthetic", "features.synthetic_images=1400",
+        "features.row_groups=4", "rfm.k_max=5",
+        "train.epochs=1", "train.pretrain_epochs=1", "train.dec_max_epochs=1",
+        "train.kmeans_n_init=3", "train.shuffle_buffer=256"])
+    run_ingest(spark, config, D, config.input.transactions, "transactions")
+    run_rfm(spark, config, D)
+    run_features(spark, config, D)
+    return config
+
+
+def test_every_row_exactly_once_per_epoch(spark, trained_lake):
+    from deepmine.lake import Lake
+    lake = Lake(spark, trained_lake.lake.root)
+    parts = parquet_parts(lake.partition_url("features/images", f"run_date={D}"))
+    urls = split_urls(parts, "train")
+    n = sum(p.rows for p in parts if p.split == "train")
+    results = sorted(run_on_spark(rows_seen, num_proc=2, args=(urls, 2, 9)), key=lambda r: r["rank"])
+    for epoch in range(2):
+        per_rank = [r["seen"][epoch] for r in results]
+        everything = sorted(per_rank[0] + per_rank[1])
+        assert everything == list(range(n)), f"epoch {epoch}: rows missing or read twice"
+        assert abs(len(per_rank[0]) - len(per_rank[1])) <= 2  # equal row groups: a fair share
+    # a rank keeps its row groups (Petastorm deals by row-group index) but reads them in another
+    # order each epoch (row groups and rows shuffled with seed + epoch)
+    assert set(results[0]["seen"][0]) == set(results[0]["seen"][1])
+    assert results[0]["seen"][0] != results[0]["seen"][1]
+
+
+def _load_weights(lake, name):
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(lake.partition_url(f"models/{name}", f"run_date={D}"))
+    with fs.open_input_stream(f"{path}/weights.pt") as f:
+        state = torch.load(io.BytesIO(f.read()), weights_only=True)
+    with fs.open_input_stream(f"{path}/spec.json") as f:
+        spec = json.loads(f.read())
+    from deepmine.models import build
+    model = build(spec)
+    model.load_state_dict(state)
+    return model, fs, path
+
+
+def test_cnn_two_ranks_one_epoch(spark, trained_lake):
+    from deepmine.lake import Lake
+    from deepmine.train import run_train
+    out = run_train(spark, trained_lake, D, "cnn", "images")
+    lake = Lake(spark, trained_lake.lake.root)
+    m = lake.read_manifest(D)["stages"]["train_cnn"]["metrics"]
+    assert m["ranks"] == 2 and m["epochs_run"] == 1
+    assert 0.3 < m["accuracy"] <= 1.0  # 10 synthetic shapes, one epoch: well above chance
+    assert len(m["confusion_matrix"]) == 10
+    assert sum(map(sum, m["confusion_matrix"])) == m["test_images"] == 200
+    assert abs(m["accuracy_int8"] - m["accuracy_float_driver"]) < 0.05
+    assert abs(m["accuracy_float_driver"] - m["accuracy"]) < 1e-6
+    assert out["predictions"] == 1400
+    model, fs, path = _load_weights(lake, "cnn")
+    with fs.open_input_stream(f"{path}/model_int8.torchscript.pt") as f:
+        scripted = torch.jit.load(io.BytesIO(f.read()))
+    assert scripted(torch.zeros(3, 784)).shape == (3, 10)
+
+
+def test_image_autoencoder_two_ranks(spark, trained_lake):
+    from deepmine.lake import Lake
+    from deepmine.train import run_train
+    run_train(spark, trained_lake, D, "autoencoder", "images")
+    lake = Lake(spark, trained_lake.lake.root)
+    m = lake.read_manifest(D)["stages"]["train_autoencoder_images"]["metrics"]
+    assert [h["phase"] for h in m["history"]] == ["pretrain", "idec"]
+    for key in ("cluster_acc", "nmi", "ari"):
+        assert 0 <= m[key] <= 1 and key in m["kmeans_baseline"] and key in m["ae_kmeans"]
+    predictions = lake.read("predictions/autoencoder_images", f"run_date={D}")
+    assert predictions.count() == 1400
+    assert {len(r[0]) for r in predictions.select("embedding").collect()} == {10}
+
+
+def test_customer_deep_clustering_beats_rfm_kmeans(spark, trained_lake):
+    from deepmine.lake import Lake
+    from deepmine.train import run_train
+    run_train(spark, trained_lake, D, "autoencoder", "customers")
+    lake = Lake(spark, trained_lake.lake.root)
+    m = lake.read_manifest(D)["stages"]["train_autoencoder_customers"]["metrics"]
+    assert m["scored_rows"] == 800 and m["truth"].startswith("planted groups")
+    assert m["ari"] >= m["rfm_kmeans"]["ari"] - 1e-9, m
+    assert m["ari"] > 0.9, m
+    predictions = lake.read("predictions/autoencoder_customers", f"run_date={D}")
+    assert predictions.select("customer_id").distinct().count() == 800
+
+
+def _horovodrun(args_path, log):
+    from deepmine.train import horovodrun_command
+    return subprocess.Popen(horovodrun_command(str(args_path), 2), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_resume_after_kill_gives_the_same_weights(spark, trained_lake, tmp_path):
+    """Standalone horovodrun: kill a run after its second checkpoint, start it again, and compare
+    the final weights with an uninterrupted run of the same arguments."""
+    from deepmine.lake import Lake
+    from deepmine.train import train_args
+    from deepmine.trainer import CheckpointStore
+
+    lake = Lake(spark, trained_lake.lake.root)
+    parts = parquet_parts(lake.partition_url("features/customers", f"run_date={D}"))
+    base = train_args(trained_lake, "autoencoder_customers", parts, D, "unused")
+    base = replace(base, pretrain_epochs=4, dec_max_epochs=4, dec_tolerance=0.0)
+    finals = {}
+    for label in ("uninterrupted", "killed"):
+        ckpt = tmp_path / label / "ckpt"
+        args_path = tmp_path / label / "args.json"
+        args_path.parent.mkdir()
+        args_path.write_text(replace(base, checkpoint_dir=ckpt.as_uri()).to_json())
+        store = CheckpointStore(ckpt.as_uri())
+        with open(tmp_path / label / "log.txt", "w") as log:
+            if label == "killed":
+                proc = _horovodrun(args_path, log)
+                deadline = time.time() + 120
+                while not [e for e in store.epochs() if e >= 1] and proc.poll() is None:
+                    assert time.time() < deadline, "no checkpoint within 120 s"
+                    time.sleep(0.05)
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                killed_at = max(store.epochs())
+                assert killed_at < 7, "the run finished before it could be killed"
+            assert _horovodrun(args_path, log).wait(timeout=300) == 0, \
+                (tmp_path / label / "log.txt").read_text()[-3000:]
+        final = store.load_latest()
+        assert final["epoch"] == 7
+        finals[label] = final
+    history = finals["killed"]["history"]
+    assert [h["epoch"] for h in history] == list(range(8))
+    a, b = finals["uninterrupted"]["model"], finals["killed"]["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs after resume"
