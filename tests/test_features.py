@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from deepmine.features import (customer_feature_values, customer_features, row_group_layout,
