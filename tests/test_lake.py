@@ -85,3 +85,19 @@ def test_manifest_records_failed_stage(spark, tmp_path):
     record = lake.read_manifest("2026-11-22")["stages"]["demo"]
     assert record["status"] == "failed" and record["counts"] == {"rows_read": 3}
     assert record["error"].startswith("ZeroDivisionError")
+
+
+def test_publish_files_replaces_a_partition_of_files(spark, tmp_path):
+    lake = Lake(spark, str(tmp_path / "lake"))
+    url = lake.publish_files("models/demo", PART, {"weights.pt": b"\x00\x01v1", "metrics.json": b"{}"})
+    assert lake.has_partition("models/demo", PART)
+    lake.publish_files("models/demo", PART, {"weights.pt": b"\x00\x01v2"})
+    # (the local file system keeps hidden .crc checksum files beside each file)
+    assert [n for n in lake.list_dir(url) if not n.startswith(".")] == ["_SUCCESS", "weights.pt"]
+    fs, path = lake._fs(f"{url}/weights.pt")
+    stream = fs.open(path)
+    try:
+        data = bytes(spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toByteArray(stream))
+    finally:
+        stream.close()
+    assert data == b"\x00\x01v2"

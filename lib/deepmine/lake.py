@@ -92,16 +92,20 @@ class Lake:
     def write_text(self, url: str, text: str) -> None:
         """Write a small file atomically: a temporary sibling, then a rename over the target."""
         fs, path = self._fs(url)
-        tmp = self._Path(f"{url}.tmp-{uuid.uuid4().hex}")
-        stream = fs.create(tmp, True)
-        try:
-            stream.write(bytearray(text.encode("utf-8")))
-        finally:
-            stream.close()
+        tmp = f"{url}.tmp-{uuid.uuid4().hex}"
+        self.write_bytes(tmp, text.encode("utf-8"))
         if fs.exists(path):
             fs.delete(path, False)
-        if not fs.rename(tmp, path):
+        if not fs.rename(self._Path(tmp), path):
             raise OSError(f"could not write {url}")
+
+    def write_bytes(self, url: str, data: bytes) -> None:
+        fs, path = self._fs(url)
+        stream = fs.create(path, True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
 
     # ------------------------------------------------------------------ tables
     def has_partition(self, table: str, partition: str) -> bool:
@@ -139,6 +143,17 @@ class Lake:
         rows = self.spark.read.parquet(staging).count()
         self._swap(table, partition, staging, token)
         return rows
+
+    def publish_files(self, table: str, partition: str, files: dict[str, bytes]) -> str:
+        """Publish a few files (a model's weights and metrics) as `<table>/<partition>`,
+        atomically like publish(); returns the partition's URL."""
+        self.recover(table, partition)
+        token = uuid.uuid4().hex[:12]
+        staging = self.url(table, "_staging", f"{partition}.{token}")
+        for name, data in {**files, "_SUCCESS": b""}.items():
+            self.write_bytes(f"{staging}/{name}", data)
+        self._swap(table, partition, staging, token)
+        return self.partition_url(table, partition)
 
     def _swap(self, table: str, partition: str, staging: str, token: str) -> None:
         target = self.partition_url(table, partition)

@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -161,20 +160,8 @@ def run_horovodrun(args: TrainArgs, num_proc: int, hosts: str = "", start_timeou
 # --------------------------------------------------------------------------- artifacts
 
 def publish_model_files(lake: Lake, name: str, run_date: str, files: dict[str, bytes]) -> str:
-    """Write `models/<name>/run_date=D/` atomically (staging, then the lake's rename swap)."""
-    import pyarrow.fs as pafs
-    partition = f"run_date={run_date}"
-    table = f"models/{name}"
-    lake.recover(table, partition)
-    token = uuid.uuid4().hex[:12]
-    staging = lake.url(table, "_staging", f"{partition}.{token}")
-    fs, root = pafs.FileSystem.from_uri(staging)
-    fs.create_dir(root, recursive=True)
-    for file_name, data in {**files, "_SUCCESS": b""}.items():
-        with fs.open_output_stream(f"{root}/{file_name}") as f:
-            f.write(data)
-    lake._swap(table, partition, staging, token)
-    return lake.partition_url(table, partition)
+    """Write `models/<name>/run_date=D/` atomically through the lake."""
+    return lake.publish_files(f"models/{name}", f"run_date={run_date}", files)
 
 
 def customer_truth_path(config: Config) -> str:
