@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import json
 import random
 import re
@@ -238,3 +239,27 @@ def test_spark_ui_binds_to_loopback_in_local_mode(tmp_path):
     addresses = [ipaddress.ip_address(a) for a in json.loads(listening)]
     assert addresses and all((getattr(a, "ipv4_mapped", None) or a).is_loopback for a in addresses), \
         addresses
+
+
+class _Exploit:
+    """Unpickling this would run a command; a weights-only loader must refuse it."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_model_loading_is_weights_only(tmp_path):
+    """A checkpoint file that carries a pickled object (here one whose unpickling would run a
+    shell command) is refused by the trainer's checkpoint loader, and the command never runs."""
+    import pickle
+
+    from deepmine.trainer import CheckpointStore
+    marker = tmp_path / "pwned"
+    store = CheckpointStore(tmp_path.as_uri())
+    (tmp_path / "epoch-0001.pt").write_bytes(pickle.dumps({"model": _Exploit(marker)}))
+    with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
+        store.load(1)
+    assert not marker.exists()
