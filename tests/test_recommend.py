@@ -216,6 +216,7 @@ def test_top_unseen_als_is_the_best_unseen_by_brute_force(spark, small_interacti
 @pytest.mark.parametrize("override,key", [
     ("recommend.test_fraction=1.0", "test_fraction"), ("recommend.top_n=0", "top_n"),
     ("recommend.alpha=-1", "alpha"), ("recommend.num_blocks=-2", "num_blocks"),
+    ("recommend.tune=true recommend.tune_rank=[]", "tune_rank"),
 ])
 def test_config_out_of_range_is_named(override, key):
     with pytest.raises(ConfigError, match=f"recommend.{key}"):
@@ -234,8 +235,9 @@ def _clean_transactions(spark, lines: pd.DataFrame):
 
 @pytest.fixture(scope="module")
 def implicit_run(spark, tmp_path_factory):
-    """The stage with its defaults on generated transactions (6,000 lines, 240 customers, 60
-    products with planted tastes), plus one customer who only ever returned a product."""
+    """The stage on generated transactions (6,000 lines, 240 customers, 60 products with planted
+    tastes), plus one customer who only ever returned a product. The defaults, but for 2 ALS blocks
+    and 10 sweeps to save time here (the defaults on 20,000 lines: ndcg@10 0.161 against 0.122)."""
     from deepmine.generate import generate_transactions
 
     base = tmp_path_factory.mktemp("recommend_implicit")
@@ -244,11 +246,15 @@ def implicit_run(spark, tmp_path_factory):
                         "customer_id": str, "product_id": str})
     lines.loc[len(lines)] = ["C9", "RETURNER", lines["product_id"].iloc[0], -1, 9.99,
                              "2026-01-05 10:00:00", "Ireland"]
-    config = load_config(None, [f"lake.root={base / 'lake'}", "spark.ui_enabled=false"])
+    config = load_config(None, [f"lake.root={base / 'lake'}", "spark.ui_enabled=false",
+                                "recommend.num_blocks=2", "recommend.max_iter=10"])
     lake = Lake(spark, config.lake.root)
     lake.publish(_clean_transactions(spark, lines), "clean/transactions", f"dt={RUN_DATE}")
+    checkpoints = spark.sparkContext.getCheckpointDir()
+    before = lake.list_dir(checkpoints)
     result = rec.run_recommend(spark, config, RUN_DATE)
-    return {"result": result, "lake": lake, "lines": lines, "config": config}
+    return {"result": result, "lake": lake, "lines": lines, "config": config,
+            "checkpoints": (before, lake.list_dir(checkpoints))}
 
 
 def test_implicit_stage_output_contract(implicit_run, spark):
@@ -284,8 +290,10 @@ def test_implicit_stage_beats_popularity_and_records_the_manifest(implicit_run):
     for name in ("precision_at_10", "recall_at_10", "map_at_10", "ndcg_at_10"):
         assert 0 <= m["baseline_" + name] <= 1 and 0 <= m[name] <= 1
     assert m["ndcg_at_10"] > 1.05 * m["baseline_ndcg_at_10"]
-    assert m["params"] == {"rank": 10, "reg_param": 0.1, "alpha": 1.0, "max_iter": 15}
+    assert m["params"] == {"rank": 10, "reg_param": 0.1, "alpha": 1.0, "max_iter": 10}
     assert record["counts"]["test_customers"] > 100
+    before, after = implicit_run["checkpoints"]
+    assert after == before  # ALS's checkpoint files are gone with the stage
     assert record["outputs"]["recommendations"].endswith(f"mining/recommendations/run_date={RUN_DATE}")
 
 

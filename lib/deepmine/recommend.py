@@ -41,6 +41,7 @@ so the same history gives the same indices, and mapped back by joins.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import math
@@ -117,9 +118,11 @@ def check_config(cfg: RecommendConfig) -> None:
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key 'recommend.{key}': expected >= 0, found {getattr(cfg, key)}")
     if cfg.tune:
-        for key in ("tune_rank", "tune_reg_param", "tune_alpha"):
-            if not getattr(cfg, key):
-                raise ConfigError(f"config key 'recommend.{key}': tuning needs at least one value")
+        for key, least in (("tune_rank", 1), ("tune_reg_param", 0), ("tune_alpha", 0)):
+            values = getattr(cfg, key)
+            if not values or min(values) < least:
+                raise ConfigError(f"config key 'recommend.{key}': tuning needs a list of values "
+                                  f">= {least}, found {values}")
 
 
 # =============================================================== interactions
@@ -244,8 +247,7 @@ def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: in
             .select(USER, F.explode("recommendations").alias("r"))
             .select(USER, F.col(f"r.{ITEM}").alias(ITEM), F.col("r.rating").alias("score"))
             .join(fitted.users, USER).join(F.broadcast(fitted.items), ITEM))
-    out = _top_n(recs, seen, n, F.col("score").desc(), F.col(PRODUCT))
-    return out
+    return _top_n(recs, seen, n, F.col("score").desc(), F.col(PRODUCT))
 
 
 def popularity(interactions: DataFrame) -> DataFrame:
@@ -272,8 +274,7 @@ def top_unseen_popular(popular: DataFrame, targets: DataFrame, seen: DataFrame, 
     ranked = spark.createDataFrame([(r[PRODUCT], float(r["score"]), i + 1) for i, r in enumerate(head)],
                                    f"{PRODUCT} string, score double, _pop_rank int")
     candidates = targets.join(F.broadcast(ranked), F.col("_pop_rank") <= F.col("_n_seen") + n)
-    out = _top_n(candidates, seen, n, F.col("_pop_rank"))
-    return out
+    return _top_n(candidates, seen, n, F.col("_pop_rank"))
 
 
 def _empty_recommendations(spark: SparkSession) -> DataFrame:
@@ -384,48 +385,49 @@ def score_explicit(train: DataFrame, test: DataFrame, params: AlsParams,
         train.unpersist()
 
 
-def tune(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[AlsParams, list[dict]]:
-    """Grid search on a validation split of `data` (purchase lines or rating interactions, the
-    training part of the evaluation split); returns the best parameters and every point's score."""
+def holdout(params: AlsParams, cfg: RecommendConfig, data: DataFrame, salt: str = "test") -> DataFrame:
+    """`data` with `held_out`: by time per customer for purchase lines (implicit), by a hash for
+    rating interactions (explicit; `salt` makes the validation split differ from the test split)."""
     if params.implicit:
-        split = split_by_time(data, cfg.test_fraction).persist()
-    else:
-        split = split_random(data, cfg.test_fraction, cfg.seed, salt="validation").persist()
+        return split_by_time(data, cfg.test_fraction)
+    return split_random(data, cfg.test_fraction, cfg.seed, salt)
+
+
+def tune(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[AlsParams, list[dict]]:
+    """Grid search on a validation split of `data` (the training part of the evaluation split);
+    returns the best parameters and every point's score."""
+    split = holdout(params, cfg, data, salt="validation").persist()
     fit_part, valid_part = split.where(~F.col(HELD_OUT)), split.where(F.col(HELD_OUT))
+    key = f"ndcg_at_{cfg.metrics_k}" if params.implicit else "rmse"
     alphas = cfg.tune_alpha if params.implicit else [params.alpha]
     grid = []
     try:
         for rank, reg, alpha in itertools.product(cfg.tune_rank, cfg.tune_reg_param, alphas):
             point = dataclasses.replace(params, rank=rank, reg_param=reg, alpha=alpha)
             if params.implicit:
-                score = score_implicit(fit_part, valid_part, point, cfg.metrics_k, baseline=False)
-                value = score["als"][f"ndcg_at_{cfg.metrics_k}"]
-                grid.append({**point.describe(), f"ndcg_at_{cfg.metrics_k}": value})
+                scored = score_implicit(fit_part, valid_part, point, cfg.metrics_k, baseline=False)
             else:
-                value = score_explicit(fit_part, valid_part, point, baseline=False)["als"]["rmse"]
-                grid.append({**point.describe(), "rmse": value})
-            print(f"[recommend] tune {point.describe()}: {value:.4f}")
+                scored = score_explicit(fit_part, valid_part, point, baseline=False)
+            grid.append({**point.describe(), key: scored["als"][key]})
+            print(f"[recommend] tune {point.describe()}: {key}={scored['als'][key]}")
     finally:
         split.unpersist()
-    key = f"ndcg_at_{cfg.metrics_k}" if params.implicit else "rmse"
-    sign = -1.0 if params.implicit else 1.0  # NDCG: higher is better; RMSE: lower
-    best = min(range(len(grid)), key=lambda i: (sign * _finite(grid[i][key]), i))
-    chosen = dataclasses.replace(params, rank=grid[best]["rank"], reg_param=grid[best]["reg_param"],
-                                 alpha=grid[best].get("alpha", params.alpha))
+
+    def badness(i: int) -> tuple[float, int]:  # lower is better; ties: the first point
+        value = grid[i][key]
+        if value is None or not math.isfinite(value):
+            return math.inf, i
+        return (-value if params.implicit else value), i
+    best = grid[min(range(len(grid)), key=badness)]
+    chosen = dataclasses.replace(params, rank=best["rank"], reg_param=best["reg_param"],
+                                 alpha=best.get("alpha", params.alpha))
     return chosen, grid
-
-
-def _finite(x: float | None) -> float:
-    return x if x is not None and math.isfinite(x) else math.inf
 
 
 def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[dict, dict]:
     """Score ALS and its baseline on the held-out split of `data` (purchase lines for implicit,
     rating interactions for explicit); returns (metrics, counts)."""
-    if params.implicit:
-        split = split_by_time(data, cfg.test_fraction).persist()
-    else:
-        split = split_random(data, cfg.test_fraction, cfg.seed).persist()
+    split = holdout(params, cfg, data).persist()
     try:
         train, test = split.where(~F.col(HELD_OUT)), split.where(F.col(HELD_OUT))
         if params.implicit:
@@ -443,11 +445,10 @@ def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[
 
 # =============================================================== stage
 
-def recommend_top_n(params: AlsParams, interactions: DataFrame, customers: DataFrame,
+def recommend_top_n(fitted: FittedAls, interactions: DataFrame, customers: DataFrame,
                     seen: DataFrame, n: int) -> DataFrame:
-    """Fit on all `interactions`; ALS's top n unseen for every customer it knows, the popularity
-    list for the others. -> customer_id, product_id, rank, score, source."""
-    fitted = fit_als(interactions, params)
+    """ALS's top n unseen products for every customer the model knows, the most popular unseen
+    ones (by `interactions`) for the others. -> customer_id, product_id, rank, score, source."""
     als = top_unseen_als(fitted, customers, seen, n).withColumn("source", F.lit(SOURCE_ALS))
     unknown = customers.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER, "left_anti")
     pop = (top_unseen_popular(popularity(interactions), unknown, seen, n)
@@ -460,14 +461,24 @@ def _read_input(lake: Lake, table: str, run_date: str) -> DataFrame:
         return lake.read_history(table, run_date)
     except FileNotFoundError:
         raise FileNotFoundError(f"recommend: no {table} in the lake at {lake.url(table)}; ingest "
-                                f"some before {run_date} (deepmine ingest ... --entity "
+                                f"some up to {run_date} first (deepmine ingest ... --entity "
                                 f"{table.split('/')[1]})") from None
 
 
-def _ensure_checkpoint_dir(spark: SparkSession, lake: Lake) -> None:
-    # without a checkpoint directory ALS silently ignores checkpointInterval
+@contextlib.contextmanager
+def _checkpoints_of_this_stage(spark: SparkSession, lake: Lake):
+    """Sets a checkpoint directory if the session has none (without one ALS silently ignores
+    checkpointInterval), and on the way out deletes the checkpoint files made meanwhile: ALS
+    leaves the last one of every fit behind, which would pile up night after night."""
     if not spark.sparkContext.getCheckpointDir():
         spark.sparkContext.setCheckpointDir(lake.url("_checkpoints"))
+    directory = spark.sparkContext.getCheckpointDir()
+    before = set(lake.list_dir(directory))
+    try:
+        yield
+    finally:
+        for name in sorted(set(lake.list_dir(directory)) - before):
+            lake.delete(f"{directory.rstrip('/')}/{name}")
 
 
 def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
@@ -476,61 +487,54 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
     cfg = config.recommend
     check_config(cfg)
     lake = Lake(spark, config.lake.root)
-    _ensure_checkpoint_dir(spark, lake)
     params = AlsParams.from_config(cfg, spark.sparkContext.defaultParallelism)
-    cached: list[DataFrame] = []
-    with StageRun(lake, run_date, "recommend") as run:
+    partition = f"run_date={run_date}"
+    with StageRun(lake, run_date, "recommend") as run, _checkpoints_of_this_stage(spark, lake):
         run.metrics["feedback"] = cfg.feedback
         if params.implicit:
             history = _read_input(lake, "clean/transactions", run_date)
             data = purchase_lines(history).persist()  # what evaluation and tuning split
             interactions = purchase_counts(data).persist()
             seen = history.select(CUSTOMER, PRODUCT).distinct().persist()
-            customers = seen.select(CUSTOMER).distinct()
-            cached += [data, interactions, seen]
+            cached = [data, interactions, seen]
         else:
             history = _read_input(lake, "clean/ratings", run_date)
             data = interactions = rating_interactions(history).persist()
-            seen, customers = interactions.select(CUSTOMER, PRODUCT), interactions.select(CUSTOMER)
-            cached.append(interactions)
+            seen = interactions.select(CUSTOMER, PRODUCT)
+            cached = [interactions]
+        customers = seen.select(CUSTOMER).distinct()
+        fitted = None
         try:
             size = interactions.agg(F.count(F.lit(1)).alias("interactions"),
                                     F.countDistinct(PRODUCT).alias("products")).first()
             if size["interactions"] == 0:
                 raise ValueError(f"recommend: no {'purchases' if params.implicit else 'ratings'} "
                                  f"up to {run_date} in {lake.root}; nothing to learn from")
-            run.counts.update(interactions=size["interactions"],
-                              customers=customers.distinct().count(), products=size["products"])
+            run.counts.update(interactions=size["interactions"], customers=customers.count(),
+                              products=size["products"])
             if cfg.tune:
-                params, grid = tune(params, cfg, _training_part(params, cfg, data))
-                run.metrics["tuning"] = grid
+                training_part = holdout(params, cfg, data).where(~F.col(HELD_OUT)).drop(HELD_OUT)
+                params, run.metrics["tuning"] = tune(params, cfg, training_part)
             run.metrics["params"] = params.describe()
             if cfg.evaluate:
                 metrics, counts = evaluate(params, cfg, data)
                 run.metrics.update(metrics)
                 run.counts.update(counts)
                 _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
-            recs = recommend_top_n(params, interactions, customers, seen, cfg.top_n)
-            partition = f"run_date={run_date}"
+            fitted = fit_als(interactions, params)
+            recs = recommend_top_n(fitted, interactions, customers, seen, cfg.top_n)
             run.counts["recommendations"] = lake.publish(recs, TABLE, partition)
-            by_source = {r["source"]: r["n"] for r in lake.read(TABLE, partition)
-                         .groupBy("source").agg(F.countDistinct(CUSTOMER).alias("n")).collect()}
-            run.counts["customers_als"] = by_source.get(SOURCE_ALS, 0)
-            run.counts["customers_popularity"] = by_source.get(SOURCE_POPULARITY, 0)
-            run.outputs["recommendations"] = lake.partition_url(TABLE, partition)
         finally:
+            if fitted is not None:
+                fitted.unpersist()
             for df in cached:
                 df.unpersist()
+        by_source = {r["source"]: r["n"] for r in lake.read(TABLE, partition)
+                     .groupBy("source").agg(F.countDistinct(CUSTOMER).alias("n")).collect()}
+        run.counts["customers_als"] = by_source.get(SOURCE_ALS, 0)
+        run.counts["customers_popularity"] = by_source.get(SOURCE_POPULARITY, 0)
+        run.outputs["recommendations"] = lake.partition_url(TABLE, partition)
     return {"counts": run.counts, "metrics": run.metrics, "outputs": run.outputs}
-
-
-def _training_part(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> DataFrame:
-    """The part of `data` the evaluation trains on: tuning must not see the held-out part."""
-    if params.implicit:
-        split = split_by_time(data, cfg.test_fraction)
-    else:
-        split = split_random(data, cfg.test_fraction, cfg.seed)
-    return split.where(~F.col(HELD_OUT)).drop(HELD_OUT)
 
 
 def _log_evaluation(metrics: dict, implicit: bool, k: int) -> None:
@@ -538,5 +542,8 @@ def _log_evaluation(metrics: dict, implicit: bool, k: int) -> None:
         names = [f"precision_at_{k}", f"recall_at_{k}", f"map_at_{k}", f"ndcg_at_{k}"]
     else:
         names = ["rmse", "mae"]
-    text = " ".join(f"{n}={metrics[n]:.4f} (baseline {metrics['baseline_' + n]:.4f})" for n in names)
-    print(f"[recommend] held-out: {text}")
+    def text(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+    shown = " ".join(f"{n}={text(metrics[n])} (baseline {text(metrics['baseline_' + n])})"
+                     for n in names)
+    print(f"[recommend] held-out: {shown}")
