@@ -116,7 +116,7 @@ class RecommendConfig:
     # ALS user and item blocks. ALS seeds each block, so the factors depend on this number: it is
     # fixed for reproducible runs; raise it on a cluster (0 = spark.default.parallelism)
     num_blocks: int = 4
-    evaluate: bool = True  # hold out a split, score ALS and the popularity baseline on it
+    evaluate: bool = True  # score ALS beside its baseline (popularity; item means for ratings)
     metrics_k: int = 10  # cut-off of precision/recall/MAP/NDCG@k (names say k: ndcg_at_10)
     # implicit: the last share of each customer's invoices (customers with >= 2 invoices);
     # explicit: a random share of the ratings (a hash of seed, user and item: stable across runs)
@@ -124,9 +124,9 @@ class RecommendConfig:
     # grid search over these on a validation split cut from the training part (off by default:
     # every point is one more ALS fit); the best (NDCG@k implicit, RMSE explicit) is used after
     tune: bool = False
-    tune_rank: list[int] = field(default_factory=lambda: [10, 30])
-    tune_reg_param: list[float] = field(default_factory=lambda: [0.05, 0.15])
-    tune_alpha: list[float] = field(default_factory=lambda: [5.0, 20.0])  # implicit only
+    tune_rank: list[int] = field(default_factory=lambda: [10, 20])
+    tune_reg_param: list[float] = field(default_factory=lambda: [0.1, 0.3])
+    tune_alpha: list[float] = field(default_factory=lambda: [1.0, 3.0])  # implicit only
 
 
 @dataclass
