@@ -37,7 +37,10 @@ customer in the history (e.g. one with only returns) gets the most popular produ
 bought, `source = popularity`.
 
 ALS needs integer ids: customer and product ids are indexed in alphabetical order (StringIndexer),
-so the same history gives the same indices, and mapped back by joins.
+so the same history gives the same indices, and mapped back by joins. With the same history, seed
+and num_blocks (ALS seeds each block), a re-run gives the same recommendations. ALS checkpoints its
+factors every `checkpoint_interval` sweeps into the session's checkpoint directory (set if
+missing); the checkpoint files made during the stage are deleted when it ends.
 """
 from __future__ import annotations
 
@@ -107,7 +110,8 @@ def check_config(cfg: RecommendConfig) -> None:
                 "metrics_k": cfg.metrics_k, "checkpoint_interval": cfg.checkpoint_interval}
     for key, value in positive.items():
         if value < 1:
-            raise ConfigError(f"config key 'recommend.{key}': expected an integer >= 1, found {value}")
+            raise ConfigError(f"config key 'recommend.{key}': expected an integer >= 1, "
+                              f"found {value}")
     if cfg.num_blocks < 0:
         raise ConfigError(f"config key 'recommend.num_blocks': expected >= 0 (0 = "
                           f"spark.default.parallelism), found {cfg.num_blocks}")
@@ -116,7 +120,8 @@ def check_config(cfg: RecommendConfig) -> None:
                           f"found {cfg.test_fraction}")
     for key in ("reg_param", "alpha"):
         if getattr(cfg, key) < 0:
-            raise ConfigError(f"config key 'recommend.{key}': expected >= 0, found {getattr(cfg, key)}")
+            raise ConfigError(f"config key 'recommend.{key}': expected >= 0, "
+                              f"found {getattr(cfg, key)}")
     if cfg.tune:
         for key, least in (("tune_rank", 1), ("tune_reg_param", 0), ("tune_alpha", 0)):
             values = getattr(cfg, key)
@@ -128,7 +133,7 @@ def check_config(cfg: RecommendConfig) -> None:
 # =============================================================== interactions
 
 def purchase_lines(transactions: DataFrame) -> DataFrame:
-    """Clean transaction lines -> the purchase lines (quantity > 0) that implicit ALS learns from."""
+    """Clean transaction lines -> the purchase lines (quantity > 0) implicit ALS learns from."""
     return (transactions.where(F.col("quantity") > 0)
             .select(CUSTOMER, PRODUCT, "invoice_id", "invoice_ts"))
 
@@ -160,7 +165,8 @@ def split_by_time(lines: DataFrame, test_fraction: float) -> DataFrame:
     return lines.join(invoices, [CUSTOMER, "invoice_id"])
 
 
-def split_random(interactions: DataFrame, test_fraction: float, seed: int, salt: str = "test") -> DataFrame:
+def split_random(interactions: DataFrame, test_fraction: float, seed: int,
+                 salt: str = "test") -> DataFrame:
     """Adds `held_out`: true for about `test_fraction` of the (customer, product) pairs, chosen by a
     hash of (seed, salt, customer, product), so the split does not depend on partitioning."""
     bucket = F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), CUSTOMER, PRODUCT), F.lit(1_000_000))
@@ -168,7 +174,8 @@ def split_random(interactions: DataFrame, test_fraction: float, seed: int, salt:
 
 
 def new_relevant(test_lines: DataFrame, train: DataFrame) -> DataFrame:
-    """Products bought in the held-out part that the customer had not bought in the training part."""
+    """Products bought in the held-out part that the customer had not bought in the training
+    part."""
     return (test_lines.select(CUSTOMER, PRODUCT).distinct()
             .join(train.select(CUSTOMER, PRODUCT), [CUSTOMER, PRODUCT], "left_anti"))
 
@@ -259,7 +266,8 @@ def popularity(interactions: DataFrame) -> DataFrame:
             .select(PRODUCT, "buyers", (F.col("buyers") / F.col("_customers")).alias("score")))
 
 
-def top_unseen_popular(popular: DataFrame, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
+def top_unseen_popular(popular: DataFrame, targets: DataFrame, seen: DataFrame,
+                       n: int) -> DataFrame:
     """The n most popular products per target customer that it has not seen (ties: product_id).
     -> customer_id, product_id, rank, score."""
     targets = _seen_counts(targets.select(CUSTOMER).distinct(), seen)
@@ -271,8 +279,9 @@ def top_unseen_popular(popular: DataFrame, targets: DataFrame, seen: DataFrame, 
     head = (popular.orderBy(F.col("buyers").desc(), F.col(PRODUCT)).limit(n + int(most_seen))
             .select(PRODUCT, "score").collect())
     spark = targets.sparkSession
-    ranked = spark.createDataFrame([(r[PRODUCT], float(r["score"]), i + 1) for i, r in enumerate(head)],
-                                   f"{PRODUCT} string, score double, _pop_rank int")
+    ranked = spark.createDataFrame(
+        [(r[PRODUCT], float(r["score"]), i + 1) for i, r in enumerate(head)],
+        f"{PRODUCT} string, score double, _pop_rank int")
     candidates = targets.join(F.broadcast(ranked), F.col("_pop_rank") <= F.col("_n_seen") + n)
     return _top_n(candidates, seen, n, F.col("_pop_rank"))
 
@@ -294,7 +303,8 @@ def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int) -> dict
       recall@k    = sum_{i<=k} hit_i / |R|
       AP@k        = sum_{i<=k} hit_i * (hits in ranks 1..i) / i  /  min(|R|, k)
       NDCG@k      = sum_{i<=k} hit_i / log2(i + 1)  /  sum_{i<=min(|R|,k)} 1 / log2(i + 1)
-    the definitions of Spark's RankingMetrics (precisionAt, recallAt, meanAveragePrecisionAt, ndcgAt).
+    the definitions of Spark's RankingMetrics (precisionAt, recallAt, meanAveragePrecisionAt,
+    ndcgAt).
     """
     relevant = relevant.select(CUSTOMER, PRODUCT).distinct()
     n_relevant = relevant.groupBy(CUSTOMER).agg(F.count(F.lit(1)).alias("_n_rel"))
@@ -385,7 +395,8 @@ def score_explicit(train: DataFrame, test: DataFrame, params: AlsParams,
         train.unpersist()
 
 
-def holdout(params: AlsParams, cfg: RecommendConfig, data: DataFrame, salt: str = "test") -> DataFrame:
+def holdout(params: AlsParams, cfg: RecommendConfig, data: DataFrame,
+            salt: str = "test") -> DataFrame:
     """`data` with `held_out`: by time per customer for purchase lines (implicit), by a hash for
     rating interactions (explicit; `salt` makes the validation split differ from the test split)."""
     if params.implicit:

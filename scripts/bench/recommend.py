@@ -120,12 +120,14 @@ def main() -> None:
             for seed in args.movielens_seeds:
                 cfg, params = params_for("explicit", seed)
                 (metrics, counts), eval_s = timed(rec.evaluate, params, cfg, ratings)
-                rows.append({"dataset": "movielens-100k", "feedback": "explicit", "split_seed": seed,
+                rows.append({"dataset": "movielens-100k", "feedback": "explicit",
+                             "split_seed": seed,
                              "evaluate_s": eval_s, "rmse": metrics["rmse"], "mae": metrics["mae"],
                              "baseline_rmse": metrics["baseline_rmse"],
                              "baseline_mae": metrics["baseline_mae"], "counts": counts})
-                print(f"movielens seed {seed}: RMSE {metrics['rmse']:.4f} MAE {metrics['mae']:.4f} "
-                      f"(item means {metrics['baseline_rmse']:.4f}); evaluate {eval_s}s", flush=True)
+                print(f"movielens seed {seed}: RMSE {metrics['rmse']:.4f} "
+                      f"MAE {metrics['mae']:.4f} (item means {metrics['baseline_rmse']:.4f}); "
+                      f"evaluate {eval_s}s", flush=True)
             cfg, params = params_for("explicit")
             fitted, fit_s = timed(rec.fit_als, ratings, params)
             fitted.unpersist()
