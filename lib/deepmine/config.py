@@ -190,6 +190,11 @@ class TrainConfig:
     pretrain_epochs: int = 3  # images
     customer_pretrain_epochs: int = 50  # customers: small table, many cheap epochs
     customer_batch_size: int = 32  # per rank; small, for enough steps on a few thousand rows
+    # denoising pretraining: std of the Gaussian noise added to the inputs (the target stays clean).
+    # On the standardized customer vector 0.3 made the embedding keep the planted groups for every
+    # seed tried (K-means ARI 0.98-1.0 over 8 seeds; without noise 0.58-1.0)
+    pretrain_noise: float = 0.0  # images (intensities in [0, 1])
+    customer_pretrain_noise: float = 0.3
     dec_max_epochs: int = 4  # images
     customer_dec_max_epochs: int = 20
     dec_tolerance: float = 0.001  # stop when fewer than this share of assignments change

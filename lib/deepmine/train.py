@@ -66,6 +66,9 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     t = config.train
     if t.num_proc < 1:
         raise ConfigError(f"config key 'train.num_proc': expected >= 1, found {t.num_proc}")
+    for key in ("pretrain_noise", "customer_pretrain_noise"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"config key 'train.{key}': expected >= 0, found {getattr(t, key)}")
     rows = sum(p.rows for p in parts)
     row_groups = sum(1 for p in parts for n in p.row_group_rows if n)
     common = dict(name=name, checkpoint_dir=checkpoint_dir, batch_size=t.batch_size, lr=t.lr,
@@ -92,6 +95,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
         args = TrainArgs(
             task="dec", spec=spec, train_urls=split_urls(parts), n_rows=rows,
             pretrain_epochs=t.customer_pretrain_epochs if customers else t.pretrain_epochs,
+            pretrain_noise=t.customer_pretrain_noise if customers else t.pretrain_noise,
             dec_max_epochs=t.customer_dec_max_epochs if customers else t.dec_max_epochs,
             dec_variant=t.dec_variant, dec_gamma=t.dec_gamma, dec_tolerance=t.dec_tolerance,
             kmeans_n_init=t.kmeans_n_init, **common)

@@ -55,6 +55,7 @@ class TrainArgs:
     n_rows: int = 0  # dec: rows in train_urls (row_id is 0..n_rows-1)
     epochs: int = 2
     pretrain_epochs: int = 3
+    pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
     dec_max_epochs: int = 4
     batch_size: int = 128
     lr: float = 0.001
@@ -390,7 +391,9 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
                 continue
             x = batch["features"].to(device)
             if pretrain:
-                recon, _ = model.autoencoder(x)
+                # a denoising autoencoder (as DEC pretrains): reconstruct x from a noisy copy
+                noisy = x + args.pretrain_noise * torch.randn_like(x) if args.pretrain_noise else x
+                recon, _ = model.autoencoder(noisy)
                 recon_loss, kl = F.mse_loss(recon, x), torch.zeros(())
                 loss = recon_loss
             else:

@@ -10,7 +10,8 @@ then time, on those same baskets,
            association_rules(num_itemsets)
 and report the times, their ratio and whether both found the same itemsets (supports within 1e-9)
 and the same number of rules. A child that runs out of time or memory is recorded as such, with the
-size, and the larger sizes are not tried with mlxtend. Results: a table on stdout and
+size, and the larger sizes are not tried with mlxtend; a dense frame that runs out of memory is
+tried again as a sparse one (mlxtend takes both) before giving up. Results: a table on stdout and
 bench-results/rules.json.
 
     .venv/bin/python scripts/bench/rules.py --sizes 10000 100000 1000000
@@ -34,8 +35,10 @@ CHILD = "--mlxtend-child"
 # --------------------------------------------------------------------------- mlxtend (child)
 
 def mlxtend_child(baskets_path: str, out_path: str, min_support: float, min_confidence: float,
-                  max_len: int, memory_gb: float) -> None:
-    """Runs in its own process: read baskets, encode, mine, make rules, write a JSON summary."""
+                  max_len: int, memory_gb: float, encoding: str) -> None:
+    """Runs in its own process: read baskets, encode, mine, make rules, write a JSON summary.
+    `encoding` dense: a bool DataFrame (TransactionEncoder's default); sparse: a pandas sparse
+    DataFrame over a CSR matrix (TransactionEncoder's sparse=True), which mlxtend also takes."""
     if memory_gb > 0:
         limit = int(memory_gb * (1 << 30))
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -52,10 +55,18 @@ def mlxtend_child(baskets_path: str, out_path: str, min_support: float, min_conf
     t0 = time.perf_counter()
     items = sorted({p for b in baskets for p in b})
     position = {p: j for j, p in enumerate(items)}
-    onehot = np.zeros((len(baskets), len(items)), dtype=bool)
-    for i, basket in enumerate(baskets):
-        onehot[i, [position[p] for p in basket]] = True
-    frame = pd.DataFrame(onehot, columns=items)
+    if encoding == "sparse":
+        from scipy.sparse import csr_matrix
+        columns = [position[p] for b in baskets for p in b]
+        offsets = np.cumsum([0] + [len(b) for b in baskets])
+        onehot = csr_matrix((np.ones(len(columns), dtype=bool), columns, offsets),
+                            shape=(len(baskets), len(items)))
+        frame = pd.DataFrame.sparse.from_spmatrix(onehot, columns=items)
+    else:
+        onehot = np.zeros((len(baskets), len(items)), dtype=bool)
+        for i, basket in enumerate(baskets):
+            onehot[i, [position[p] for p in basket]] = True
+        frame = pd.DataFrame(onehot, columns=items)
     del onehot
     result["encode_s"] = time.perf_counter() - t0
 
@@ -74,11 +85,11 @@ def mlxtend_child(baskets_path: str, out_path: str, min_support: float, min_conf
     Path(out_path).write_text(json.dumps(result))
 
 
-def run_mlxtend(baskets_path: Path, out_path: Path, args) -> dict:
+def run_mlxtend(baskets_path: Path, out_path: Path, args, encoding: str) -> dict:
     """The child, under a wall-clock limit; returns its summary or {'status': why it stopped}."""
     cmd = [sys.executable, __file__, CHILD, str(baskets_path), str(out_path),
            str(args.min_support), str(args.min_confidence), str(args.max_len),
-           str(args.mlxtend_memory_gb)]
+           str(args.mlxtend_memory_gb), encoding]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.mlxtend_timeout)
@@ -137,8 +148,9 @@ def same_itemsets(ours: list, theirs: list) -> bool:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == CHILD:
-        path, out, support, confidence, max_len, memory = sys.argv[2:8]
-        mlxtend_child(path, out, float(support), float(confidence), int(max_len), float(memory))
+        path, out, support, confidence, max_len, memory, encoding = sys.argv[2:9]
+        mlxtend_child(path, out, float(support), float(confidence), int(max_len), float(memory),
+                      encoding)
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
@@ -185,7 +197,14 @@ def main() -> None:
         if mlxtend_stopped:
             row.update(mlxtend_status=f"not run: {mlxtend_stopped}")
         else:
-            theirs = run_mlxtend(baskets_path, work / f"mlxtend-{wanted}.json", args)
+            theirs = run_mlxtend(baskets_path, work / f"mlxtend-{wanted}.json", args, "dense")
+            encoding = "dense"
+            if theirs["status"].startswith("out of memory"):
+                # what an mlxtend user does next: the sparse one-hot frame, same mining
+                row.update(mlxtend_dense_status=theirs["status"])
+                theirs = run_mlxtend(baskets_path, work / f"mlxtend-{wanted}.json", args, "sparse")
+                encoding = "sparse"
+            row.update(mlxtend_encoding=encoding)
             if theirs["status"] == "ok":
                 mlx_s = theirs["fpgrowth_s"] + theirs["rules_s"]
                 row.update(mlxtend_status="ok", mlxtend_s=round(mlx_s, 2),
