@@ -11,7 +11,6 @@ and report rows/s and the ratio. Results: a table on stdout and bench-results/in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import tempfile
@@ -22,6 +21,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
+
+from results import publish
 
 COLUMNS = ["invoice_id", "customer_id", "product_id", "quantity", "unit_price", "invoice_ts", "country"]
 
@@ -108,14 +109,7 @@ def main() -> None:
                      "spark_read": counts["rows_read"], "pyarrow_read": base["rows_read"]})
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(work / f"pyarrow-{n}", ignore_errors=True)
-    header = list(rows[0])
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join(str(r[h]) for h in header))
-    out = Path("bench-results")
-    out.mkdir(exist_ok=True)
-    (out / "ingest.json").write_text(json.dumps({"cores": os.cpu_count(), "spark_master":
-                                                 config.spark.master, "rows": rows}, indent=2))
+    publish("ingest", rows, meta={"spark_master": config.spark.master})
     spark.stop()
     shutil.rmtree(work, ignore_errors=True)
 

@@ -12,7 +12,6 @@ and prints rows/s and the share of the ceiling (goal: >= 60%).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 import warnings
 from pathlib import Path
@@ -22,6 +21,8 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
+
+from results import publish
 
 
 def write_table(path: Path, rows: int, dim: int, row_groups: int) -> None:
@@ -80,10 +81,10 @@ def main() -> None:
         results[f"petastorm BatchedDataLoader ({pool} pool)"] = petastorm_epoch(urls, a.batch, pool)
     ceiling = results["ceiling (pyarrow -> torch)"][0] / results["ceiling (pyarrow -> torch)"][1]
     print(f"{a.rows} rows x {a.dim} float32, batch {a.batch}, {a.row_groups} row groups")
-    print(f"{'path':45s} {'rows':>9s} {'seconds':>8s} {'rows/s':>10s} {'of ceiling':>10s}")
-    for name, (n, s) in results.items():
-        print(f"{name:45s} {n:9d} {s:8.2f} {n / s:10.0f} {n / s / ceiling:10.0%}")
-    print(json.dumps({k: round(n / s) for k, (n, s) in results.items()}))
+    rows = [{"path": name, "rows": n, "seconds": round(s, 2), "rows_per_s": round(n / s),
+             "of_ceiling": round(n / s / ceiling, 3)} for name, (n, s) in results.items()]
+    publish("loader", rows, meta={"rows": a.rows, "dim": a.dim, "batch": a.batch,
+                                  "row_groups": a.row_groups})
 
 
 if __name__ == "__main__":

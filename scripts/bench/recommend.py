@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+
+from results import publish
 
 
 def timed(fn, *args, **kwargs):
@@ -163,20 +164,7 @@ def main() -> None:
     columns = ["dataset", "feedback", "split_seed", "lines", "pairs", "evaluate_s", "fit_all_s",
                "top_n_all_s", "rmse", "mae", "baseline_rmse", "ndcg_at_10", "baseline_ndcg_at_10"]
     columns = [c for c in columns if any(c in r for r in table)]
-
-    def cell(column: str, value) -> str:
-        if value is None:
-            return ""
-        if isinstance(value, float) and not column.endswith("_s"):
-            return f"{value:.4f}"  # a metric; times are already rounded to 0.01 s
-        return str(value)
-    print(" | ".join(columns))
-    for r in table:
-        print(" | ".join(cell(c, r.get(c)) for c in columns))
-    target = Path("bench-results")
-    target.mkdir(exist_ok=True)
-    (target / "recommend.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    print(f"wrote {target / 'recommend.json'}")
+    publish("recommend", table, meta={"by_dataset": results}, columns=columns)
     spark.stop()
     if not args.workdir:
         shutil.rmtree(work, ignore_errors=True)

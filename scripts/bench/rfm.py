@@ -27,6 +27,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
 
+from results import publish
+
 
 def pandas_rfm(lines: pd.DataFrame, run_date: str, returns: str = "net") -> pd.DataFrame:
     """The RFM table with plain pandas, as rfm.py's docstring defines it."""
@@ -160,18 +162,11 @@ def main() -> None:
         shutil.rmtree(table_path, ignore_errors=True)
         shutil.rmtree(work / f"lake-{n}", ignore_errors=True)
 
-    header = list(rows[0])
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join(str(r[h]) for h in header))
-    out = Path("bench-results")
-    out.mkdir(exist_ok=True)
-    (out / "rfm.json").write_text(json.dumps({
-        "cores": os.cpu_count(), "spark_master": config.spark.master,
+    publish("rfm", rows, meta={
+        "spark_master": config.spark.master,
         "shuffle_partitions": config.spark.shuffle_partitions,
         "rfm": {"k_min": config.rfm.k_min, "k_max": config.rfm.k_max,
-                "n_init": config.rfm.n_init, "returns": config.rfm.returns},
-        "rows": rows}, indent=2))
+                "n_init": config.rfm.n_init, "returns": config.rfm.returns}})
     spark.stop()
     shutil.rmtree(work, ignore_errors=True)
 

@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from results import publish
+
 CHILD = "--mlxtend-child"
 
 
@@ -224,18 +226,12 @@ def main() -> None:
         shutil.rmtree(data, ignore_errors=True)
         shutil.rmtree(baskets_path, ignore_errors=True)
 
-    header = list(dict.fromkeys(k for r in rows for k in r))
-    print(" | ".join(header))
-    for r in rows:
-        print(" | ".join(str(r.get(h, "")) for h in header))
-    out = Path("bench-results")
-    out.mkdir(exist_ok=True)
-    (out / "rules.json").write_text(json.dumps({
-        "cores": os.cpu_count(), "spark_master": config.spark.master,
+    publish("rules", rows, meta={
+        "spark_master": config.spark.master,
         "shuffle_partitions": partitions, "min_support": args.min_support,
         "min_confidence": args.min_confidence, "max_len": args.max_len,
         "mlxtend_timeout_s": args.mlxtend_timeout, "mlxtend_memory_gb": args.mlxtend_memory_gb,
-        "mlxtend_stopped": mlxtend_stopped, "rows": rows}, indent=2))
+        "mlxtend_stopped": mlxtend_stopped})
     spark.stop()
     shutil.rmtree(work, ignore_errors=True)
 

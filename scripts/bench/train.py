@@ -10,7 +10,6 @@ machine with a GPU (train device auto) the same command measures the GPU, loader
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -18,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from results import publish
 
 
 def write_images(path: Path, n: int, row_groups: int) -> None:
@@ -67,11 +68,12 @@ def main() -> None:
             entry = CheckpointStore(args.checkpoint_dir).load_latest()["history"][-1]
         rows.append((ranks, entry["samples"], entry["seconds"], entry["samples_per_s"]))
     base = rows[0][3] / rows[0][0]
-    print(f"{a.model}, {a.images} images, batch {a.batch} per rank")
-    print(f"{'ranks':>5s} {'samples':>8s} {'seconds':>8s} {'samples/s':>10s} {'efficiency':>10s}")
-    for ranks, n, s, rate in rows:
-        print(f"{ranks:5d} {n:8d} {s:8.2f} {rate:10.1f} {rate / (ranks * base):10.0%}")
-    print(json.dumps([{"ranks": r, "samples_per_s": x} for r, _, _, x in rows]))
+    print(f"{a.model}, {a.images} images, batch {a.batch} per rank, device {a.device}")
+    publish(f"train_{a.model}", [
+        {"ranks": ranks, "samples": n, "seconds": s, "samples_per_s": rate,
+         "efficiency": round(rate / (ranks * base), 3)} for ranks, n, s, rate in rows],
+        meta={"model": a.model, "images": a.images, "batch_per_rank": a.batch,
+              "device": a.device})
 
 
 if __name__ == "__main__":
