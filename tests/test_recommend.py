@@ -56,6 +56,14 @@ def test_ranking_metrics_by_hand(spark):
     assert got["ndcg_at_3"] == pytest.approx(sum(ndcg) / 3, abs=1e-12)
 
 
+def test_ranking_metrics_with_nothing_held_out_are_null_not_zero(spark):
+    """CDNOW has one product: no customer has a new product to find, so nothing is measured."""
+    recommended = spark.createDataFrame([("a", "p1", 1)], RECS)
+    got = rec.ranking_metrics(recommended, spark.createDataFrame([], PAIRS), k=10)
+    assert got == {"precision_at_10": None, "recall_at_10": None, "map_at_10": None,
+                   "ndcg_at_10": None, "customers": 0}
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # RankingMetrics builds an SQLContext
 def test_ranking_metrics_agree_with_spark_ranking_metrics(spark):
     from pyspark.mllib.evaluation import RankingMetrics

@@ -328,8 +328,10 @@ def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int) -> dict
         F.avg(F.col("_hits") / F.col("_n_rel")).alias("recall"),
         F.avg(F.col("_ap_sum") / F.least("_n_rel", F.lit(k))).alias("map"),
         F.avg(F.col("_dcg") / ideal).alias("ndcg")).first()
-    return {f"precision_at_{k}": row["precision"] or 0.0, f"recall_at_{k}": row["recall"] or 0.0,
-            f"map_at_{k}": row["map"] or 0.0, f"ndcg_at_{k}": row["ndcg"] or 0.0,
+    # no customer with a relevant held-out product: nothing was measured, so None (null in the
+    # manifest), not a score of 0
+    return {f"precision_at_{k}": row["precision"], f"recall_at_{k}": row["recall"],
+            f"map_at_{k}": row["map"], f"ndcg_at_{k}": row["ndcg"],
             "customers": row["customers"]}
 
 
@@ -553,6 +555,11 @@ def _log_evaluation(metrics: dict, implicit: bool, k: int) -> None:
         names = [f"precision_at_{k}", f"recall_at_{k}", f"map_at_{k}", f"ndcg_at_{k}"]
     else:
         names = ["rmse", "mae"]
+    if all(metrics.get(n) is None for n in names):
+        print("[recommend] held-out: nothing to evaluate (no held-out customer has a product it "
+              "had not seen in training)")
+        return
+
     def text(value) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
     shown = " ".join(f"{n}={text(metrics[n])} (baseline {text(metrics['baseline_' + n])})"
