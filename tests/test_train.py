@@ -101,9 +101,12 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
 
 
 def test_image_autoencoder_two_ranks(spark, trained_lake):
+    """With the full run's recipe: shifted inputs (DEC-DA) and centres from the UMAP manifold."""
     from deepmine.lake import Lake
     from deepmine.train import run_train
-    run_train(spark, trained_lake, D, "autoencoder", "images")
+    config = replace(trained_lake, train=replace(trained_lake.train, augment_shift=2,
+                                                 dec_init="umap"))
+    run_train(spark, config, D, "autoencoder", "images")
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_autoencoder_images"]["metrics"]
     assert [h["phase"] for h in m["history"]] == ["pretrain", "idec"]
@@ -173,3 +176,38 @@ def test_resume_after_kill_gives_the_same_weights(spark, trained_lake, tmp_path)
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), f"{key} differs after resume"
+
+
+def test_shift_images_moves_each_image_and_fills_with_zeros():
+    from deepmine.trainer import shift_images
+    torch.manual_seed(0)
+    images = torch.rand(64, 5 * 7) + 1  # no zeros of their own
+    shifted = shift_images(images, 5, 7, 2)
+    assert torch.equal(shift_images(images, 5, 7, 0), images)
+    for before, after in zip(images.view(-1, 5, 7), shifted.view(-1, 5, 7)):
+        # find this image's (dy, dx): the one placement of `before` that gives `after`
+        found = []
+        for dy in range(-2, 3):
+            for dx in range(-2, 3):
+                expect = torch.zeros(5, 7)
+                src = before[max(0, dy):5 + min(0, dy), max(0, dx):7 + min(0, dx)]
+                expect[max(0, -dy):5 + min(0, -dy), max(0, -dx):7 + min(0, -dx)] = src
+                if torch.equal(expect, after):
+                    found.append((dy, dx))
+        assert len(found) == 1
+    assert len({tuple(a.tolist()) for a in shifted}) > 1
+
+
+def test_initial_centers_find_planted_blobs_both_ways():
+    """Four well separated blobs in 6 dimensions: either init puts one centre in each."""
+    import numpy as np
+
+    from deepmine.trainer import initial_centers
+    rng = np.random.default_rng(3)
+    truth = rng.normal(0, 10, (4, 6))
+    points = np.concatenate([c + rng.normal(0, 0.5, (150, 6)) for c in truth])
+    for how in ("kmeans", "umap"):
+        centers = initial_centers(points, 4, how, n_init=3, seed=1)
+        nearest = np.linalg.norm(truth[:, None] - centers[None], axis=2).argmin(1)
+        assert sorted(nearest) == [0, 1, 2, 3], how
+        assert np.abs(centers[nearest] - truth).max() < 0.5, how

@@ -195,12 +195,20 @@ class TrainConfig:
     # seed tried (K-means ARI 0.98-1.0 over 8 seeds; without noise 0.58-1.0)
     pretrain_noise: float = 0.0  # images (intensities in [0, 1])
     customer_pretrain_noise: float = 0.3
+    # images: shift every training input by up to this many pixels (DEC-DA's augmentation; the
+    # DEC target comes from the clean images). 0 = off
+    augment_shift: int = 0
     dec_max_epochs: int = 4  # images
     customer_dec_max_epochs: int = 20
     dec_tolerance: float = 0.001  # stop when fewer than this share of assignments change
     # idec: loss = reconstruction + dec_gamma * KL(P || Q), the decoder kept (Guo et al. 2017);
     # dec: KL(P || Q) alone, the decoder dropped after pretraining (Xie et al. 2016)
     dec_variant: Literal["idec", "dec"] = "idec"
+    # the centres DEC starts from: kmeans = K-means on the embeddings; umap = K-means on a UMAP
+    # manifold of the embeddings, each centre the mean embedding of its cluster (N2D's manifold
+    # step; worth it on images, seconds to minutes more on rank 0)
+    dec_init: Literal["kmeans", "umap"] = "kmeans"  # images
+    customer_dec_init: Literal["kmeans", "umap"] = "kmeans"
     dec_gamma: float = 0.1  # IDEC: weight of the clustering (KL) loss beside reconstruction
     dec_alpha: float = 1.0  # degrees of freedom of the Student's t kernel
     image_clusters: int = 10

@@ -66,7 +66,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     t = config.train
     if t.num_proc < 1:
         raise ConfigError(f"config key 'train.num_proc': expected >= 1, found {t.num_proc}")
-    for key in ("pretrain_noise", "customer_pretrain_noise"):
+    for key in ("pretrain_noise", "customer_pretrain_noise", "augment_shift"):
         if getattr(t, key) < 0:
             raise ConfigError(f"config key 'train.{key}': expected >= 0, found {getattr(t, key)}")
     rows = sum(p.rows for p in parts)
@@ -96,6 +96,8 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
             task="dec", spec=spec, train_urls=split_urls(parts), n_rows=rows,
             pretrain_epochs=t.customer_pretrain_epochs if customers else t.pretrain_epochs,
             pretrain_noise=t.customer_pretrain_noise if customers else t.pretrain_noise,
+            augment_shift=0 if customers else t.augment_shift,
+            dec_init=t.customer_dec_init if customers else t.dec_init,
             dec_max_epochs=t.customer_dec_max_epochs if customers else t.dec_max_epochs,
             dec_variant=t.dec_variant, dec_gamma=t.dec_gamma, dec_tolerance=t.dec_tolerance,
             kmeans_n_init=t.kmeans_n_init, **common)

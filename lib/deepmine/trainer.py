@@ -10,11 +10,16 @@ writes checkpoints (every epoch) under `args.checkpoint_dir`.
 
 Tasks:
   cnn   cross-entropy on the `train` files; test accuracy after every epoch.
-  dec   deep clustering: `pretrain_epochs` of reconstruction; then cluster centres from K-means on
-        the embeddings of every row (gathered on rank 0); then DEC/IDEC epochs: at the start of
-        each, the soft assignments Q of every row give the target P (cluster frequencies summed
-        across ranks) and the hard assignments; training stops when fewer than `dec_tolerance` of
-        the assignments changed since the previous epoch, or after `dec_max_epochs`.
+  dec   deep clustering: `pretrain_epochs` of reconstruction; then cluster centres from the
+        embeddings of every row (gathered on rank 0): K-means on them (`dec_init` kmeans), or
+        K-means on their UMAP manifold with each centre the mean embedding of its cluster
+        (`dec_init` umap, the manifold step of N2D, McConville et al. 2020); then DEC/IDEC
+        epochs: at the start of each, the soft assignments Q of every row give the target P
+        (cluster frequencies summed across ranks) and the hard assignments; training stops when
+        fewer than `dec_tolerance` of the assignments changed since the previous epoch, or after
+        `dec_max_epochs`. With `augment_shift` (images), every training input is shifted by up to
+        that many pixels, as DEC-DA does (Guo et al. 2018); the target P comes from the clean
+        images.
 
 Ranks in lockstep: every step is an allreduce, so every rank must take the same number of steps.
 Row groups are equal to within a row, but a rank can still end up with one batch more than
@@ -56,6 +61,8 @@ class TrainArgs:
     epochs: int = 2
     pretrain_epochs: int = 3
     pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
+    augment_shift: int = 0  # dec on images: random shift of up to this many pixels per input
+    dec_init: str = "kmeans"  # dec: centres from "kmeans" on the embeddings or "umap" (N2D)
     dec_max_epochs: int = 4
     batch_size: int = 128
     lr: float = 0.001
@@ -179,6 +186,21 @@ def _batches(args: TrainArgs, urls: list[str], r: Rank, epoch: int, columns: lis
                      shuffle=shuffle, shuffle_buffer=args.shuffle_buffer if rows else 0,
                      pool=args.reader_pool) as loader:
         yield from loader
+
+
+def shift_images(x: torch.Tensor, height: int, width: int, max_shift: int) -> torch.Tensor:
+    """Flat images, each moved by its own random (dy, dx) in [-max_shift, max_shift] pixels,
+    zeros shifted in (the background of Fashion-MNIST-like images)."""
+    if max_shift <= 0:
+        return x
+    n = x.shape[0]
+    pad = F.pad(x.view(n, 1, height, width), (max_shift,) * 4)
+    dy, dx = (torch.randint(0, 2 * max_shift + 1, (n,), device=x.device) for _ in range(2))
+    rows = (dy[:, None] + torch.arange(height, device=x.device)[None, :])  # n x height
+    cols = (dx[:, None] + torch.arange(width, device=x.device)[None, :])  # n x width
+    out = pad[torch.arange(n, device=x.device)[:, None, None], 0, rows[:, :, None],
+              cols[:, None, :]]
+    return out.reshape(n, height * width)
 
 
 def _step(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> None:
@@ -327,17 +349,41 @@ def _gather_by_row(r: Rank, hvd, ids: torch.Tensor, values: torch.Tensor, n_rows
     return out
 
 
+UMAP_NEIGHBORS = 20  # N2D's settings: a local manifold, tightly packed clusters
+
+
+def initial_centers(embeddings: np.ndarray, n_clusters: int, how: str, n_init: int,
+                    seed: int) -> np.ndarray:
+    """Cluster centres in the embedding space: K-means on the embeddings (`kmeans`), or K-means on
+    their UMAP manifold (n_clusters dimensions) with each centre the mean embedding of its
+    cluster (`umap`)."""
+    from sklearn.cluster import KMeans
+    embeddings = embeddings.astype(np.float64)
+    if how == "kmeans":
+        return KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit(
+            embeddings).cluster_centers_
+    if how != "umap":
+        raise ValueError(f"dec_init {how!r}: expected kmeans or umap")
+    import umap
+    manifold = umap.UMAP(n_components=n_clusters, n_neighbors=UMAP_NEIGHBORS, min_dist=0.0,
+                         random_state=seed, n_jobs=1).fit_transform(embeddings)
+    labels = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(manifold)
+    return np.stack([embeddings[labels == j].mean(0) for j in range(n_clusters)])
+
+
 def _init_centers(args, r, model, device) -> torch.Tensor:
-    """K-means (scikit-learn, on rank 0) on the embeddings of every row; centres broadcast."""
+    """Centres from the embeddings of every row (`initial_centers`, on rank 0), broadcast."""
     import horovod.torch as hvd
     ids, z, _ = _soft_assignments(args, r, model, device, 0, shuffle=False)
     embeddings = _gather_by_row(r, hvd, ids, z, args.n_rows, "kmeans_init")
     centers = torch.zeros_like(model.centers.data.cpu())
     if r.rank == 0:
-        from sklearn.cluster import KMeans
-        km = KMeans(n_clusters=centers.shape[0], n_init=args.kmeans_n_init,
-                    random_state=args.seed).fit(embeddings.numpy().astype(np.float64))
-        centers = torch.as_tensor(km.cluster_centers_, dtype=centers.dtype)
+        t0 = time.perf_counter()
+        found = initial_centers(embeddings.numpy(), centers.shape[0], args.dec_init,
+                                args.kmeans_n_init, args.seed)
+        centers = torch.as_tensor(found, dtype=centers.dtype)
+        r.log(f"{args.log_prefix} centres from {args.dec_init} on {len(embeddings)} embeddings "
+              f"in {time.perf_counter() - t0:.1f}s")
     centers = hvd.broadcast(centers, root_rank=0, name="kmeans_centers")
     model.centers.data.copy_(centers.to(model.centers.device))
     return torch.cdist(embeddings, centers).argmin(1)
@@ -352,6 +398,11 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
     converged = bool(state.get("converged", False)) if state else False
     idec = args.dec_variant == "idec"
     total = args.pretrain_epochs + args.dec_max_epochs
+    spec = args.spec
+
+    def augment(x: torch.Tensor) -> torch.Tensor:  # images only (checked by train.train_args)
+        return shift_images(x, spec["height"], spec["width"], args.augment_shift) \
+            if args.augment_shift else x
     for epoch in range(start, total):
         if converged:
             break
@@ -389,7 +440,7 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
             if batch is None:
                 _step(optimizer, params, None)
                 continue
-            x = batch["features"].to(device)
+            x = augment(batch["features"].to(device))
             if pretrain:
                 # a denoising autoencoder (as DEC pretrains): reconstruct x from a noisy copy
                 noisy = x + args.pretrain_noise * torch.randn_like(x) if args.pretrain_noise else x
