@@ -8,6 +8,12 @@ per epoch, behind
 `petastorm.pytorch.BatchedDataLoader` (column-wise, ~25x the rows/s of the row-wise DataLoader).
 Across the ranks of one epoch, every row is read exactly once.
 
+Petastorm 0.12.1 turns a list column into a matrix row by row (to pandas, one array per row, then
+`np.vstack`): two thirds of an epoch's time in scripts/bench/loader.py. `open_loader` gives the
+reader `ColumnarBatches` instead, which reshapes Arrow's flat buffer of values (a list column of
+equal-length lists is one buffer plus offsets) and leaves every other column to pandas as
+Petastorm does; the batches hold the same values (tests/test_train.py compares them).
+
 With `pool="dummy"` the reader runs in the calling thread, so the order of row groups and hence of
 batches is fixed by the seed: the condition for a resumed training to retrace an uninterrupted one.
 
@@ -20,6 +26,9 @@ import contextlib
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -70,16 +79,57 @@ def split_urls(parts: list[ParquetPart], split: str | None = None) -> list[str]:
     return [p.url for p in parts if p.rows and (split is None or p.split == split)]
 
 
+def column_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple = ()) -> np.ndarray:
+    """One column of a row group as the array a Petastorm batch holds: list columns as
+    (rows, length) (or (rows, *shape)) from the flat values, strings as a NumPy str array, others
+    through pandas."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        lengths = pc.list_value_length(array)
+        widths = pc.min_max(lengths).as_py()
+        if array.null_count or widths["min"] != widths["max"]:
+            raise RuntimeError(f"list column of {len(array)} rows: expected lists of one length "
+                               f"and no nulls, found lengths {widths['min']}..{widths['max']} and "
+                               f"{array.null_count} nulls")
+        values = array.flatten().to_numpy(zero_copy_only=False)
+        width = widths["max"] or 0
+        matrix = values.reshape(len(array), width)
+        return matrix.reshape((len(array), *shape)) if len(shape) > 1 else matrix
+    values = array.to_pandas()
+    values = values.values if hasattr(values, "values") else values
+    return values.astype(np.str_) if pa.types.is_string(array.type) else values
+
+
+class ColumnarBatches:
+    """The reader's results-queue reader (what turns each row group the workers read into a
+    batch), with list columns converted by `column_to_numpy`."""
+    batched_output = True
+
+    def read_next(self, workers_pool, schema, ngram):
+        from petastorm.workers_pool import EmptyResultError
+        if ngram:
+            raise ValueError("batched reading has no n-grams")
+        try:
+            table = workers_pool.get_results()
+        except EmptyResultError:
+            raise StopIteration
+        return schema.make_namedtuple(**{
+            name: column_to_numpy(table.column(name), tuple(schema.fields[name].shape or ()))
+            for name in table.column_names})
+
+
 @contextlib.contextmanager
 def open_loader(urls: list[str], rank: int, size: int, columns: list[str], batch_size: int,
                 seed: int | None = None, epoch: int = 0, shuffle: bool = True,
-                shuffle_buffer: int = 0, pool: str = "dummy", workers: int = 4) -> Iterator:
+                shuffle_buffer: int = 0, pool: str = "dummy", workers: int = 4,
+                columnar: bool = True) -> Iterator:
     """A batched PyTorch loader over this rank's shard of `urls`, for one epoch.
 
     Yields dicts of tensors, one entry per column in `columns` (list columns become 2-D). With
     `shuffle`, the row-group order is shuffled (seed + epoch) and, if `shuffle_buffer` > 0, rows
     (torch's global generator: seed it per epoch for a reproducible order). The last batch may be
-    smaller than `batch_size`.
+    smaller than `batch_size`. `columnar` False leaves list columns to Petastorm's own conversion
+    (the same values, slower).
     """
     from petastorm import make_batch_reader
     from petastorm.pytorch import BatchedDataLoader
@@ -92,6 +142,8 @@ def open_loader(urls: list[str], rank: int, size: int, columns: list[str], batch
         seed=(seed + epoch) if (shuffle and seed is not None) else None,
         shuffle_row_groups=shuffle, shuffle_rows=False, num_epochs=1,
         cur_shard=rank, shard_count=size)
+    if columnar:
+        reader._results_queue_reader = ColumnarBatches()
     loader = BatchedDataLoader(reader, batch_size=batch_size,
                                shuffling_queue_capacity=shuffle_buffer if shuffle else 0)
     with loader:
