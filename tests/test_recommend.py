@@ -362,3 +362,23 @@ def test_movielens_100k_explicit_rmse(spark, tmp_path):
     assert 0.17 < counts["test_pairs"] / 100_000 < 0.23
     assert metrics["rmse"] <= 0.93
     assert metrics["mae"] < metrics["baseline_mae"] and metrics["rmse"] < metrics["baseline_rmse"]
+
+
+def test_instacart_implicit_beats_popularity(spark, tmp_path):
+    """The Instacart sample (15,183 orders by 593 users), the stage's defaults, split by time."""
+    from deepmine.samples import SampleUnavailable, write_samples
+    try:
+        info = write_samples(tmp_path, only=["instacart"])["instacart"]
+    except SampleUnavailable as e:
+        pytest.skip(reason=e.command)
+    lines = (spark.read.csv(info["path"], header=True)
+             .select("invoice_id", "customer_id", "product_id",
+                     F.col("quantity").cast("long").alias("quantity"),
+                     F.to_timestamp("invoice_ts").alias("invoice_ts")))
+    cfg = RecommendConfig(feedback="implicit")
+    metrics, counts = rec.evaluate(rec.AlsParams.from_config(cfg, 2), cfg, rec.purchase_lines(lines))
+    print(f"\nInstacart: ndcg@10 {metrics['ndcg_at_10']:.4f} against popularity's "
+          f"{metrics['baseline_ndcg_at_10']:.4f}; {counts}")
+    assert counts["test_customers"] > 500
+    assert metrics["ndcg_at_10"] > metrics["baseline_ndcg_at_10"]
+    assert metrics["map_at_10"] > metrics["baseline_map_at_10"]
