@@ -199,15 +199,23 @@ def test_shift_images_moves_each_image_and_fills_with_zeros():
 
 
 def test_initial_centers_find_planted_blobs_both_ways():
-    """Four well separated blobs in 6 dimensions: either init puts one centre in each."""
+    """Four well separated blobs in 6 dimensions: either init puts one centre in each, and leaves
+    torch's thread count as it found it."""
     import numpy as np
 
     from deepmine.trainer import initial_centers
     rng = np.random.default_rng(3)
     truth = rng.normal(0, 10, (4, 6))
     points = np.concatenate([c + rng.normal(0, 0.5, (150, 6)) for c in truth])
-    for how in ("kmeans", "umap"):
-        centers = initial_centers(points, 4, how, n_init=3, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a rank of 2 on 2 cores
+    try:
+        found = {how: initial_centers(points, 4, how, n_init=3, seed=1)
+                 for how in ("kmeans", "umap")}
+        assert torch.get_num_threads() == 1  # the rank's share of the cores is kept
+    finally:
+        torch.set_num_threads(threads)
+    for how, centers in found.items():
         nearest = np.linalg.norm(truth[:, None] - centers[None], axis=2).argmin(1)
         assert sorted(nearest) == [0, 1, 2, 3], how
         assert np.abs(centers[nearest] - truth).max() < 0.5, how

@@ -365,8 +365,14 @@ def initial_centers(embeddings: np.ndarray, n_clusters: int, how: str, n_init: i
     if how != "umap":
         raise ValueError(f"dec_init {how!r}: expected kmeans or umap")
     import umap
-    manifold = umap.UMAP(n_components=n_clusters, n_neighbors=UMAP_NEIGHBORS, min_dist=0.0,
-                         random_state=seed, n_jobs=1).fit_transform(embeddings)
+    threads = torch.get_num_threads()
+    try:
+        manifold = umap.UMAP(n_components=n_clusters, n_neighbors=UMAP_NEIGHBORS, min_dist=0.0,
+                             random_state=seed, n_jobs=1).fit_transform(embeddings)
+    finally:
+        # UMAP leaves the OpenMP pool torch shares at every core: a rank's share must come back,
+        # or the ranks' threads fight over the cores (epochs after it were 3-5x slower)
+        torch.set_num_threads(threads)
     labels = KMeans(n_clusters=n_clusters, n_init=n_init, random_state=seed).fit_predict(manifold)
     return np.stack([embeddings[labels == j].mean(0) for j in range(n_clusters)])
 
