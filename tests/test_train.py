@@ -111,7 +111,7 @@ def test_image_autoencoder_two_ranks(spark, trained_lake):
     m = lake.read_manifest(D)["stages"]["train_autoencoder_images"]["metrics"]
     assert [h["phase"] for h in m["history"]] == ["pretrain", "idec"]
     for key in ("cluster_acc", "nmi", "ari"):
-        assert 0 <= m[key] <= 1 and key in m["kmeans_baseline"] and key in m["ae_kmeans"]
+        assert 0 <= m[key] <= 1 and key in m["kmeans_baseline"] and key in m["ae_umap"]
     predictions = lake.read("predictions/autoencoder_images", f"run_date={D}")
     assert predictions.count() == 1400
     assert {len(r[0]) for r in predictions.select("embedding").collect()} == {10}

@@ -317,7 +317,10 @@ def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, con
         init = final.get("init_assign")
         if init is not None:
             init = init.numpy()
-            metrics["ae_kmeans"] = clustering_scores(rows["label"], init[rows["row_id"].to_numpy()])
+            # the assignments DEC started from: nearest centre of K-means (ae_kmeans) or of the
+            # UMAP clusters (ae_umap) on the pretrained embeddings
+            metrics[f"ae_{args.dec_init}"] = clustering_scores(rows["label"],
+                                                              init[rows["row_id"].to_numpy()])
         if target == "customers" and lake.has_partition("mining/rfm", partition):
             rfm = lake.read("mining/rfm", partition).select("customer_id", "cluster").toPandas()
             both = rows.merge(rfm, on="customer_id")
