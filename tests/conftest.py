@@ -35,6 +35,16 @@ def make_config(tmp_path):
     return make
 
 
+def sample_or_skip(out_dir, name: str) -> dict:
+    """`deepmine samples` for one real dataset into `out_dir` (its write_samples entry), or the
+    test is skipped with the command that installs the dataset's package."""
+    from deepmine.samples import SampleUnavailable, write_samples
+    try:
+        return write_samples(out_dir, only=[name])[name]
+    except SampleUnavailable as e:
+        pytest.skip(reason=e.command)
+
+
 def skip_all_but(*keep: str) -> str:
     """A `nightly.skip_stages=[...]` override that leaves only the stages named in `keep`."""
     from deepmine.nightly import STAGES

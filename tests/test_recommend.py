@@ -19,6 +19,8 @@ from deepmine.config import ConfigError, RecommendConfig, load_config
 from deepmine.lake import Lake
 from deepmine.schemas import CLEAN_RATINGS, CLEAN_TRANSACTIONS, MINING_RECOMMENDATIONS
 
+from conftest import sample_or_skip
+
 RUN_DATE = "2026-11-23"
 RECS = "customer_id string, product_id string, rank int"
 PAIRS = "customer_id string, product_id string"
@@ -346,11 +348,7 @@ def test_explicit_stage_with_tuning(spark, make_config):
 # --------------------------------------------------------------------------- quality targets
 
 def test_movielens_100k_explicit_rmse(spark, tmp_path):
-    from deepmine.samples import SampleUnavailable, write_samples
-    try:
-        info = write_samples(tmp_path, only=["movielens"])["movielens"]
-    except SampleUnavailable as e:
-        pytest.skip(reason=e.command)
+    info = sample_or_skip(tmp_path, "movielens")
     ratings = (spark.read.csv(info["path"], header=True)
                .select("user_id", "item_id", F.col("rating").cast("double").alias("rating")))
     cfg = RecommendConfig(feedback="explicit")
@@ -366,11 +364,7 @@ def test_movielens_100k_explicit_rmse(spark, tmp_path):
 
 def test_instacart_implicit_beats_popularity(spark, tmp_path):
     """The Instacart sample (15,183 orders by 593 users), the stage's defaults, split by time."""
-    from deepmine.samples import SampleUnavailable, write_samples
-    try:
-        info = write_samples(tmp_path, only=["instacart"])["instacart"]
-    except SampleUnavailable as e:
-        pytest.skip(reason=e.command)
+    info = sample_or_skip(tmp_path, "instacart")
     lines = (spark.read.csv(info["path"], header=True)
              .select("invoice_id", "customer_id", "product_id",
                      F.col("quantity").cast("long").alias("quantity"),

@@ -13,6 +13,8 @@ from deepmine.lake import Lake
 from deepmine.rfm import SEGMENT_GRID, run_rfm, segment_name
 from deepmine.schemas import CLEAN_TRANSACTIONS, MINING_RFM
 
+from conftest import sample_or_skip
+
 RFM_COLUMNS = ["customer_id", "recency_days", "frequency", "monetary", "r_score", "f_score",
                "m_score", "segment"]
 
@@ -160,11 +162,7 @@ def test_stage_publishes_tables_and_says_monetary_is_partly_unknown(spark, make_
 # --------------------------------------------------------------------------- CDNOW
 
 def test_cdnow_matches_pandas(spark, tmp_path):
-    from deepmine.samples import SampleUnavailable, write_samples
-    try:
-        info = write_samples(tmp_path, only=["cdnow"])["cdnow"]
-    except SampleUnavailable as e:
-        pytest.skip(reason=e.command)
+    info = sample_or_skip(tmp_path, "cdnow")
     lines = pd.read_csv(info["path"], dtype={"invoice_id": str, "customer_id": str,
                                              "product_id": str})
     # the ingest quarantines the 80 rows with a dollar amount of 0 (nonpositive_price)

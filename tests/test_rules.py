@@ -22,6 +22,8 @@ from deepmine.lake import Lake
 from deepmine.rules import RULE_METRICS, RulesInputError, run_rules
 from deepmine.schemas import CLEAN_TRANSACTIONS
 
+from conftest import sample_or_skip
+
 RUN_DATE = "2026-11-23"
 INF = float("inf")
 
@@ -154,11 +156,7 @@ def test_hand_example_whole_tables(spark):
 # --------------------------------------------------------------------------- Instacart
 
 def test_instacart_sample_matches_mlxtend(spark, tmp_path):
-    from deepmine.samples import SampleUnavailable, write_samples
-    try:
-        info = write_samples(tmp_path, only=["instacart"])["instacart"]
-    except SampleUnavailable as e:
-        pytest.skip(reason=e.command)
+    info = sample_or_skip(tmp_path, "instacart")
     lines = pd.read_csv(info["path"], dtype=str)
     # the first 6,000 orders (of 15,183) keep the test fast; the benchmark runs them all
     orders = lines["invoice_id"].drop_duplicates().iloc[:6000]
