@@ -125,7 +125,8 @@ class RecommendConfig:
     # every point is one more ALS fit); the best (NDCG@k implicit, RMSE explicit) is used after
     tune: bool = False
     # (the defaults won on Instacart and on generated data up to 100k lines; on 1M generated lines
-    # this grid picks reg_param 1.0, where ALS ranks like popularity)
+    # alpha 10 with reg_param 1.0 is the grid's point that edges past popularity: NDCG@10 0.1427
+    # against 0.1403, where the defaults give 0.121)
     tune_rank: list[int] = field(default_factory=lambda: [10, 20])
     tune_reg_param: list[float] = field(default_factory=lambda: [0.1, 1.0])
     tune_alpha: list[float] = field(default_factory=lambda: [1.0, 10.0])  # implicit only

@@ -406,7 +406,7 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
     total = args.pretrain_epochs + args.dec_max_epochs
     spec = args.spec
 
-    def augment(x: torch.Tensor) -> torch.Tensor:  # images only (checked by train.train_args)
+    def augment(x: torch.Tensor) -> torch.Tensor:  # images only (train.train_args sets it so)
         return shift_images(x, spec["height"], spec["width"], args.augment_shift) \
             if args.augment_shift else x
     for epoch in range(start, total):
