@@ -101,20 +101,38 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
 
 
 def test_image_autoencoder_two_ranks(spark, trained_lake):
-    """With the full run's recipe: shifted inputs (DEC-DA) and centres from the UMAP manifold."""
+    """With the full run's recipe: the partition and centres from the UMAP manifold, a warm epoch
+    toward that partition, then IDEC; and with shifted inputs (DEC-DA)."""
     from deepmine.lake import Lake
     from deepmine.train import run_train
     config = replace(trained_lake, train=replace(trained_lake.train, augment_shift=2,
-                                                 dec_init="umap"))
+                                                 dec_init="umap", dec_warm_epochs=1,
+                                                 dec_max_epochs=2))
     run_train(spark, config, D, "autoencoder", "images")
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_autoencoder_images"]["metrics"]
-    assert [h["phase"] for h in m["history"]] == ["pretrain", "idec"]
+    assert [h["phase"] for h in m["history"]] == ["pretrain", "warm", "idec"]
     for key in ("cluster_acc", "nmi", "ari"):
         assert 0 <= m[key] <= 1 and key in m["kmeans_baseline"] and key in m["ae_umap"]
     predictions = lake.read("predictions/autoencoder_images", f"run_date={D}")
     assert predictions.count() == 1400
     assert {len(r[0]) for r in predictions.select("embedding").collect()} == {10}
+
+
+def test_warm_epochs_must_leave_dec_epochs(spark, trained_lake):
+    from deepmine.config import ConfigError
+    from deepmine.lake import Lake
+    from deepmine.train import train_args
+    parts = parquet_parts(Lake(spark, trained_lake.lake.root).partition_url(
+        "features/images", f"run_date={D}"))
+    for warm, most in ((2, 2), (-1, 4)):
+        config = replace(trained_lake, train=replace(trained_lake.train, dec_warm_epochs=warm,
+                                                     dec_max_epochs=most))
+        with pytest.raises(ConfigError, match="train.dec_warm_epochs"):
+            train_args(config, "autoencoder_images", parts, D, "file:///tmp/unused")
+    ok = replace(trained_lake, train=replace(trained_lake.train, dec_warm_epochs=1,
+                                             dec_max_epochs=2))
+    assert train_args(ok, "autoencoder_images", parts, D, "file:///tmp/unused").dec_warm_epochs == 1
 
 
 def test_customer_deep_clustering_beats_rfm_kmeans(spark, trained_lake):
@@ -198,27 +216,38 @@ def test_shift_images_moves_each_image_and_fills_with_zeros():
     assert len({tuple(a.tolist()) for a in shifted}) > 1
 
 
-def test_initial_centers_find_planted_blobs_both_ways():
-    """Four well separated blobs in 6 dimensions: either init puts one centre in each, and leaves
-    torch's thread count as it found it."""
+def test_initial_partition_finds_planted_blobs_both_ways():
+    """Four well separated blobs in 6 dimensions: either init puts one centre in each and one
+    cluster on each blob, and leaves torch's thread count as it found it."""
     import numpy as np
 
-    from deepmine.trainer import initial_centers
+    from deepmine.metrics import clustering_scores
+    from deepmine.trainer import initial_partition
     rng = np.random.default_rng(3)
     truth = rng.normal(0, 10, (4, 6))
     points = np.concatenate([c + rng.normal(0, 0.5, (150, 6)) for c in truth])
+    blob = np.repeat(np.arange(4), 150)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a rank of 2 on 2 cores
     try:
-        found = {how: initial_centers(points, 4, how, n_init=3, seed=1)
+        found = {how: initial_partition(points, 4, how, n_init=3, seed=1)
                  for how in ("kmeans", "umap")}
         assert torch.get_num_threads() == 1  # the rank's share of the cores is kept
     finally:
         torch.set_num_threads(threads)
-    for how, centers in found.items():
+    for how, (centers, labels) in found.items():
         nearest = np.linalg.norm(truth[:, None] - centers[None], axis=2).argmin(1)
         assert sorted(nearest) == [0, 1, 2, 3], how
         assert np.abs(centers[nearest] - truth).max() < 0.5, how
+        assert clustering_scores(blob, labels)["ari"] == 1.0, how
+
+
+def test_warm_target_puts_most_weight_on_the_starting_cluster():
+    from deepmine.trainer import WARM_TARGET, warm_target
+    target = warm_target(torch.tensor([2, 0, 1]), 4)
+    expected = torch.full((3, 4), (1 - WARM_TARGET) / 3)
+    expected[[0, 1, 2], [2, 0, 1]] = WARM_TARGET
+    assert torch.allclose(target, expected) and torch.allclose(target.sum(1), torch.ones(3))
 
 
 def test_columnar_batches_equal_petastorms_own(tmp_path):

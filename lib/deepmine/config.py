@@ -205,11 +205,17 @@ class TrainConfig:
     # idec: loss = reconstruction + dec_gamma * KL(P || Q), the decoder kept (Guo et al. 2017);
     # dec: KL(P || Q) alone, the decoder dropped after pretraining (Xie et al. 2016)
     dec_variant: Literal["idec", "dec"] = "idec"
-    # the centres DEC starts from: kmeans = K-means on the embeddings; umap = K-means on a UMAP
-    # manifold of the embeddings, each centre the mean embedding of its cluster (N2D's manifold
-    # step; worth it on images, seconds to minutes more on rank 0)
+    # the partition and centres DEC starts from: kmeans = K-means on the embeddings; umap = a
+    # Gaussian mixture on a UMAP manifold of the embeddings, each centre the mean embedding of its
+    # cluster (N2D's manifold step; worth it on images, minutes more on rank 0 at 70,000 images)
     dec_init: Literal["kmeans", "umap"] = "kmeans"  # images
     customer_dec_init: Literal["kmeans", "umap"] = "kmeans"
+    # the first DEC epochs train toward the starting partition itself (0.9 on each row's cluster)
+    # before the sharpened target takes over: with umap, the manifold's partition is not the
+    # embedding's nearest-centre partition, and self-training from the latter loses the
+    # difference. Counted within dec_max_epochs; 0 = off
+    dec_warm_epochs: int = 0  # images
+    customer_dec_warm_epochs: int = 0
     dec_gamma: float = 0.1  # IDEC: weight of the clustering (KL) loss beside reconstruction
     dec_alpha: float = 1.0  # degrees of freedom of the Student's t kernel
     image_clusters: int = 10

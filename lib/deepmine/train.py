@@ -66,9 +66,15 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     t = config.train
     if t.num_proc < 1:
         raise ConfigError(f"config key 'train.num_proc': expected >= 1, found {t.num_proc}")
-    for key in ("pretrain_noise", "customer_pretrain_noise", "augment_shift"):
+    for key in ("pretrain_noise", "customer_pretrain_noise", "augment_shift", "dec_warm_epochs",
+                "customer_dec_warm_epochs"):
         if getattr(t, key) < 0:
             raise ConfigError(f"config key 'train.{key}': expected >= 0, found {getattr(t, key)}")
+    for prefix in ("", "customer_"):
+        warm, most = getattr(t, f"{prefix}dec_warm_epochs"), getattr(t, f"{prefix}dec_max_epochs")
+        if warm and warm >= most:
+            raise ConfigError(f"config key 'train.{prefix}dec_warm_epochs': {warm} leaves no DEC "
+                              f"epoch within train.{prefix}dec_max_epochs ({most}); expected fewer")
     rows = sum(p.rows for p in parts)
     row_groups = sum(1 for p in parts for n in p.row_group_rows if n)
     common = dict(name=name, checkpoint_dir=checkpoint_dir, batch_size=t.batch_size, lr=t.lr,
@@ -98,6 +104,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
             pretrain_noise=t.customer_pretrain_noise if customers else t.pretrain_noise,
             augment_shift=0 if customers else t.augment_shift,
             dec_init=t.customer_dec_init if customers else t.dec_init,
+            dec_warm_epochs=t.customer_dec_warm_epochs if customers else t.dec_warm_epochs,
             dec_max_epochs=t.customer_dec_max_epochs if customers else t.dec_max_epochs,
             dec_variant=t.dec_variant, dec_gamma=t.dec_gamma, dec_tolerance=t.dec_tolerance,
             kmeans_n_init=t.kmeans_n_init, **common)
@@ -317,8 +324,8 @@ def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, con
         init = final.get("init_assign")
         if init is not None:
             init = init.numpy()
-            # the assignments DEC started from: nearest centre of K-means (ae_kmeans) or of the
-            # UMAP clusters (ae_umap) on the pretrained embeddings
+            # the partition DEC started from, on the pretrained embeddings: K-means (ae_kmeans)
+            # or the Gaussian mixture on their UMAP manifold (ae_umap)
             metrics[f"ae_{args.dec_init}"] = clustering_scores(rows["label"],
                                                               init[rows["row_id"].to_numpy()])
         if target == "customers" and lake.has_partition("mining/rfm", partition):
