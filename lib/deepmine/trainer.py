@@ -362,8 +362,8 @@ def initial_partition(embeddings: np.ndarray, n_clusters: int, how: str, n_init:
     """(centres in the embedding space, cluster of every row): K-means on the embeddings
     (`kmeans`), or a Gaussian mixture on their UMAP manifold (n_clusters dimensions), each centre
     the mean embedding of its cluster (`umap`; N2D's choice of mixture: on one embedding of the
-    70,000 Fashion-MNIST images its partitions scored 0.575-0.625 accuracy over ten seeds, K-means
-    on the same manifold 0.587; scripts/bench/manifold.py)."""
+    70,000 Fashion-MNIST images its partitions scored 0.583-0.635 accuracy over ten seeds, K-means
+    on the same manifold 0.585; scripts/bench/manifold.py)."""
     from sklearn.cluster import KMeans
     embeddings = embeddings.astype(np.float64)
     if how == "kmeans":
