@@ -371,8 +371,8 @@ def initial_partition(embeddings: np.ndarray, n_clusters: int, how: str, n_init:
         return km.cluster_centers_, km.labels_
     if how != "umap":
         raise ValueError(f"dec_init {how!r}: expected kmeans or umap")
-    labels = manifold_partition(umap_manifold(embeddings, n_clusters, seed), n_clusters, n_init,
-                                seed)
+    manifold = umap_manifold(embeddings, n_clusters, seed)
+    labels = manifold_mixture(manifold, n_clusters, n_init, seed).predict(manifold)
     # a component left empty keeps a centre at the overall mean rather than a NaN
     centers = np.stack([embeddings[labels == j].mean(0) if (labels == j).any()
                         else embeddings.mean(0) for j in range(n_clusters)])
@@ -392,12 +392,12 @@ def umap_manifold(embeddings: np.ndarray, n_components: int, seed: int) -> np.nd
         torch.set_num_threads(threads)
 
 
-def manifold_partition(manifold: np.ndarray, n_clusters: int, n_init: int, seed: int) -> np.ndarray:
-    """The cluster of every row: a full-covariance Gaussian mixture on the manifold, the likeliest
-    of n_init fits."""
+def manifold_mixture(manifold: np.ndarray, n_clusters: int, n_init: int, seed: int):
+    """A full-covariance Gaussian mixture fitted on the manifold, the likeliest of n_init fits;
+    its `predict` gives every row's cluster."""
     from sklearn.mixture import GaussianMixture
     return GaussianMixture(n_components=n_clusters, covariance_type="full", n_init=n_init,
-                           random_state=seed).fit_predict(manifold)
+                           random_state=seed).fit(manifold)
 
 
 def warm_target(partition: torch.Tensor, n_clusters: int) -> torch.Tensor:
@@ -458,11 +458,11 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
                 init_assign = _init_centers(args, r, model, device)
                 assign = init_assign.clone()
             ids, _, q = _soft_assignments(args, r, model, device, epoch, shuffle=True)
-            frequency = r.sum(q.sum(0), "cluster_frequency").float()
-            from deepmine.models import target_distribution
-            if warm:
+            if warm:  # the same on every rank, so the allreduce below stays in step
                 target = warm_target(init_assign, q.shape[1])
             else:
+                from deepmine.models import target_distribution
+                frequency = r.sum(q.sum(0), "cluster_frequency").float()
                 target = torch.zeros((args.n_rows, q.shape[1]))
                 target[ids] = target_distribution(q, frequency)
             new_assign = _gather_by_row(r, hvd, ids, q.argmax(1), args.n_rows, "assign")

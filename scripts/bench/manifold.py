@@ -22,11 +22,11 @@ from results import publish
 
 def fashion_mnist(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` of all 70,000 images (train then test) in a seeded order, as [0, 1] floats."""
-    from deepmine.samples import FASHION_MNIST_DIR, read_idx
+    from deepmine.samples import read_idx, source_paths
+    paths = source_paths("fashion_mnist")  # SampleUnavailable, with the install command, if not
 
     def load(kind: str) -> np.ndarray:
-        return np.concatenate([read_idx(next(FASHION_MNIST_DIR.glob(f"{part}-{kind}-idx?-ubyte*")))
-                               for part in ("train", "t10k")])
+        return np.concatenate([read_idx(paths[f"{split}_{kind}"]) for split in ("train", "test")])
     images, labels = load("images"), load("labels")
     order = np.random.default_rng(seed).permutation(len(images))[:n]
     return images[order].reshape(len(order), -1).astype(np.float32) / 255, labels[order]
@@ -57,10 +57,9 @@ def pretrain(x: np.ndarray, epochs: int, seed: int) -> np.ndarray:
 
 def main() -> None:
     from sklearn.cluster import KMeans
-    from sklearn.mixture import GaussianMixture
 
     from deepmine.metrics import clustering_scores
-    from deepmine.trainer import umap_manifold
+    from deepmine.trainer import manifold_mixture, umap_manifold
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=70000)
     p.add_argument("--epochs", type=int, default=15)
@@ -78,7 +77,7 @@ def main() -> None:
             {"partition": "K-means on the manifold",
              **clustering_scores(y, KMeans(10, n_init=10, random_state=42).fit_predict(manifold))}]
     for seed in range(a.seeds):
-        mixture = GaussianMixture(10, covariance_type="full", random_state=seed).fit(manifold)
+        mixture = manifold_mixture(manifold, 10, n_init=1, seed=seed)  # the trainer's mixture
         labels = mixture.predict(manifold)
         rows.append({"partition": f"mixture on the manifold, seed {seed}",
                      **clustering_scores(y, labels), "lower_bound": float(mixture.lower_bound_),
