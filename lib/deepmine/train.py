@@ -40,6 +40,7 @@ from deepmine.trainer import CheckpointStore, TrainArgs, state_dict_bytes
 MODELS = ("autoencoder", "cnn")
 TARGETS = ("customers", "images")
 CUSTOMER_HIDDEN = (64, 32)
+IMAGE_DENSE_HIDDEN = (500, 500, 2000)  # DEC's and N2D's layout (train.image_autoencoder: dense)
 
 
 def model_name(model: str, target: str) -> str:
@@ -94,8 +95,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
                     "embedding_dim": t.customer_embedding_dim, "n_clusters": t.customer_clusters,
                     "alpha": t.dec_alpha}
         else:
-            spec = {"kind": "conv_dec", "height": h, "width": w, "embedding_dim": t.embedding_dim,
-                    "n_clusters": t.image_clusters, "alpha": t.dec_alpha}
+            spec = image_autoencoder_spec(config)
         if customers:
             common["batch_size"] = t.customer_batch_size
         args = TrainArgs(
@@ -121,6 +121,18 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     described["run_date"] = run_date
     args.fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return args
+
+
+def image_autoencoder_spec(config: Config) -> dict:
+    """The image deep-clustering model's spec (`models.build`), by `train.image_autoencoder`.
+    Both kinds carry the image size: the shift augmentation needs it."""
+    t, images = config.train, config.images
+    spec = {"height": images.height, "width": images.width, "embedding_dim": t.embedding_dim,
+            "n_clusters": t.image_clusters, "alpha": t.dec_alpha}
+    if t.image_autoencoder == "dense":
+        return {"kind": "dense_dec", "in_dim": images.height * images.width,
+                "hidden": list(IMAGE_DENSE_HIDDEN), **spec}
+    return {"kind": "conv_dec", **spec}
 
 
 def _vector_length(parts) -> int:
