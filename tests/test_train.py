@@ -100,17 +100,20 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
     assert scripted(torch.zeros(3, 784)).shape == (3, 10)
 
 
-def test_image_autoencoder_two_ranks(spark, trained_lake):
+@pytest.mark.parametrize("autoencoder", ["conv", "dense"])
+def test_image_autoencoder_two_ranks(spark, trained_lake, autoencoder):
     """With the full run's recipe: the partition and centres from the UMAP manifold, a warm epoch
-    toward that partition, then IDEC; and with shifted inputs (DEC-DA)."""
+    toward that partition, then IDEC; and with shifted inputs (DEC-DA). Both image autoencoders:
+    conv (the default) and dense (conf/full.yaml)."""
     from deepmine.lake import Lake
     from deepmine.train import run_train
     config = replace(trained_lake, train=replace(trained_lake.train, augment_shift=2,
                                                  dec_init="umap", dec_warm_epochs=1,
-                                                 dec_max_epochs=2))
+                                                 dec_max_epochs=2, image_autoencoder=autoencoder))
     run_train(spark, config, D, "autoencoder", "images")
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_autoencoder_images"]["metrics"]
+    assert m["spec"]["kind"] == {"conv": "conv_dec", "dense": "dense_dec"}[autoencoder]
     assert [h["phase"] for h in m["history"]] == ["pretrain", "warm", "idec"]
     for key in ("cluster_acc", "nmi", "ari"):
         assert 0 <= m[key] <= 1 and key in m["kmeans_baseline"] and key in m["ae_umap"]

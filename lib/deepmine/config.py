@@ -222,8 +222,8 @@ class TrainConfig:
     customer_clusters: int = 4
     embedding_dim: int = 10  # images; customers use customer_embedding_dim
     # the image autoencoder: conv = DCEC's three stride-2 convolutions (good in few epochs); dense =
-    # DEC's and N2D's 784-500-500-2000-10 layout, about a quarter of conv's time per epoch, whose
-    # embedding after 75-100 epochs gives UMAP partitions near N2D's (conf/full.yaml uses it)
+    # DEC's and N2D's 784-500-500-2000-10 layout, half of conv's time per epoch on 2 CPU ranks (a
+    # quarter in one process), so many more epochs fit (100 of them: the same scores as 15 of conv)
     image_autoencoder: Literal["conv", "dense"] = "conv"
     customer_embedding_dim: int = 4
     kmeans_n_init: int = 10  # K-means restarts for the DEC init and the K-means baselines

@@ -2,11 +2,13 @@
 Fashion-MNIST, UMAP once, then the Gaussian mixture (`train.dec_init: umap`) with several seeds,
 beside K-means on the embedding and on the manifold. A quality study, not a speed benchmark.
 
-    .venv/bin/python scripts/bench/manifold.py [--images 70000] [--epochs 15] [--seeds 10]
+    .venv/bin/python scripts/bench/manifold.py [--images 70000] [--autoencoder conv|dense]
+        [--epochs 15] [--lr 0.002] [--seeds 10]
 
-Pretrains `ConvAutoencoder` in this process (batch 256, Adam 0.002: what 2 ranks of 128 at the
-default lr train with), so it needs Fashion-MNIST (`apt-get install -y dataset-fashion-mnist`).
-On 2 cores: about 50 s per epoch at 70,000 images, and 2-3 minutes of UMAP.
+Pretrains the image autoencoder that `train.image_autoencoder` names (the trainer's own spec) in
+this process (batch 256; Adam 0.002 is what 2 ranks of 128 at the default lr train with), so it
+needs Fashion-MNIST (`apt-get install -y dataset-fashion-mnist`). On 2 cores, at 70,000 images:
+about 50 s per epoch for conv, 12 s for dense, and 1.5-3 minutes of UMAP.
 """
 from __future__ import annotations
 
@@ -32,13 +34,16 @@ def fashion_mnist(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return images[order].reshape(len(order), -1).astype(np.float32) / 255, labels[order]
 
 
-def pretrain(x: np.ndarray, epochs: int, seed: int) -> np.ndarray:
-    """Embeddings of `x` after `epochs` of reconstruction."""
-    from deepmine.models.autoencoder import ConvAutoencoder
+def pretrain(x: np.ndarray, kind: str, epochs: int, lr: float, seed: int) -> np.ndarray:
+    """Embeddings of `x` after `epochs` of reconstruction by the `kind` image autoencoder."""
+    from deepmine.config import load_config
+    from deepmine.models import build
+    from deepmine.train import image_autoencoder_spec
+    config = load_config(None, [f"train.image_autoencoder={kind}"])
     torch.manual_seed(seed)
     data = torch.from_numpy(x)
-    model = ConvAutoencoder(28, 28, 10)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.002)
+    model = build(image_autoencoder_spec(config)).autoencoder
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     for epoch in range(epochs):
         t0, total = time.perf_counter(), 0.0
         for idx in torch.randperm(len(data)).split(256):
@@ -62,13 +67,15 @@ def main() -> None:
     from deepmine.trainer import manifold_mixture, umap_manifold
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=70000)
+    p.add_argument("--autoencoder", default="conv", choices=["conv", "dense"])
     p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--lr", type=float, default=0.002)
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     x, y = fashion_mnist(a.images, seed=0)
-    z = pretrain(x, a.epochs, seed=0)
+    z = pretrain(x, a.autoencoder, a.epochs, a.lr, seed=0)
     t0 = time.perf_counter()
     manifold = umap_manifold(z, 10, seed=42)
     umap_seconds = time.perf_counter() - t0
@@ -83,7 +90,8 @@ def main() -> None:
                      **clustering_scores(y, labels), "lower_bound": float(mixture.lower_bound_),
                      "smallest_cluster": int(np.bincount(labels, minlength=10).min()),
                      "largest_cluster": int(np.bincount(labels, minlength=10).max())})
-    publish("manifold", rows, meta={"images": a.images, "epochs": a.epochs,
+    publish("manifold", rows, meta={"images": a.images, "autoencoder": a.autoencoder,
+                                    "epochs": a.epochs, "lr": a.lr,
                                     "umap_seconds": round(umap_seconds, 1), "threads": a.threads})
 
 

@@ -1,6 +1,6 @@
 """Training throughput: samples/s of one CNN epoch with 1 and 2 Horovod ranks (horovodrun, Gloo).
 
-    .venv/bin/python scripts/bench/train.py [--images 60000] [--ranks 1,2] [--model cnn|conv_dec]
+    .venv/bin/python scripts/bench/train.py [--images 60000] [--ranks 1,2] [--model cnn|conv_dec|dense_dec]
 
 Writes synthetic 28x28 images as a feature table (equal row groups, like features/images) with
 pyarrow, runs `deepmine.trainer.train` for one epoch per rank count through `horovodrun`, and
@@ -43,7 +43,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=60000)
     p.add_argument("--ranks", default="1,2")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--model", default="cnn", choices=["cnn", "conv_dec"])
+    p.add_argument("--model", default="cnn", choices=["cnn", "conv_dec", "dense_dec"])
     p.add_argument("--device", default="auto")
     p.add_argument("--dir", default="/tmp/deepmine-bench-train")
     a = p.parse_args()
@@ -54,8 +54,11 @@ def main() -> None:
     if a.model == "cnn":
         spec = {"kind": "cnn", "height": 28, "width": 28, "n_classes": 10}
         extra = {"task": "cnn", "epochs": 1}
-    else:
-        spec = {"kind": "conv_dec", "height": 28, "width": 28, "embedding_dim": 10, "n_clusters": 10}
+    else:  # the image autoencoder as the trainer builds it (train.image_autoencoder)
+        from deepmine.config import load_config
+        from deepmine.train import image_autoencoder_spec
+        kind = {"conv_dec": "conv", "dense_dec": "dense"}[a.model]
+        spec = image_autoencoder_spec(load_config(None, [f"train.image_autoencoder={kind}"]))
         extra = {"task": "dec", "pretrain_epochs": 1, "dec_max_epochs": 0, "n_rows": a.images}
     rows = []
     for ranks in [int(x) for x in a.ranks.split(",")]:

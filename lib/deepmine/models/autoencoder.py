@@ -8,7 +8,8 @@ from torch.nn import functional as F
 
 class DenseAutoencoder(nn.Module):
     """in_dim -> hidden... -> embedding_dim -> reversed hidden... -> in_dim (ReLU between layers,
-    linear embedding and output: customer features are standardized, not bounded)."""
+    linear embedding and output: customer features are standardized, not bounded). For images,
+    hidden (500, 500, 2000) is DEC's and N2D's layout (`train.image_autoencoder: dense`)."""
 
     def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64, 32), embedding_dim: int = 4):
         super().__init__()
