@@ -104,7 +104,7 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
 def test_image_autoencoder_two_ranks(spark, trained_lake, autoencoder):
     """With the full run's recipe: the partition and centres from the UMAP manifold, a warm epoch
     toward that partition, then IDEC; and with shifted inputs (DEC-DA). Both image autoencoders:
-    conv (the default) and dense (conf/full.yaml)."""
+    conv (the default, and conf/full.yaml's) and dense."""
     from deepmine.lake import Lake
     from deepmine.train import run_train
     config = replace(trained_lake, train=replace(trained_lake.train, augment_shift=2,

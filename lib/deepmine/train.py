@@ -236,7 +236,8 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         train_seconds = sum(h.get("seconds", 0.0) for h in history)
         train_samples = sum(h.get("samples", 0) for h in history)
         metrics.update(
-            spec=args.spec, epochs_run=len(history), ranks=config.train.num_proc, launcher=config.train.launcher,
+            spec=args.spec, epochs_run=len(history), ranks=config.train.num_proc,
+            launcher=config.train.launcher,
             train_seconds=round(train_seconds, 3),
             train_samples_per_s=round(train_samples / train_seconds, 1) if train_seconds else None,
             history=history)

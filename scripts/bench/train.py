@@ -1,6 +1,7 @@
 """Training throughput: samples/s of one CNN epoch with 1 and 2 Horovod ranks (horovodrun, Gloo).
 
-    .venv/bin/python scripts/bench/train.py [--images 60000] [--ranks 1,2] [--model cnn|conv_dec|dense_dec]
+    .venv/bin/python scripts/bench/train.py [--images 60000] [--ranks 1,2]
+        [--model cnn|conv_dec|dense_dec]
 
 Writes synthetic 28x28 images as a feature table (equal row groups, like features/images) with
 pyarrow, runs `deepmine.trainer.train` for one epoch per rank count through `horovodrun`, and
