@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -100,21 +101,30 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
     assert scripted(torch.zeros(3, 784)).shape == (3, 10)
 
 
-@pytest.mark.parametrize("autoencoder", ["conv", "dense"])
-def test_image_autoencoder_two_ranks(spark, trained_lake, autoencoder):
+@pytest.mark.parametrize("autoencoder,contrastive", [("conv", 0.0), ("dense", 0.1)])
+def test_image_autoencoder_two_ranks(spark, trained_lake, autoencoder, contrastive):
     """With the full run's recipe: the partition and centres from the UMAP manifold, a warm epoch
     toward that partition, then IDEC; and with shifted inputs (DEC-DA). Both image autoencoders:
-    conv (the default, and conf/full.yaml's) and dense."""
+    conv (the default) and dense with the augmentation-consistency loss (conf/full.yaml's)."""
     from deepmine.lake import Lake
     from deepmine.train import run_train
     config = replace(trained_lake, train=replace(trained_lake.train, augment_shift=2,
                                                  dec_init="umap", dec_warm_epochs=1,
-                                                 dec_max_epochs=2, image_autoencoder=autoencoder))
+                                                 dec_max_epochs=2, image_autoencoder=autoencoder,
+                                                 contrastive_weight=contrastive))
     run_train(spark, config, D, "autoencoder", "images")
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_autoencoder_images"]["metrics"]
     assert m["spec"]["kind"] == {"conv": "conv_dec", "dense": "dense_dec"}[autoencoder]
     assert [h["phase"] for h in m["history"]] == ["pretrain", "warm", "idec"]
+    # the consistency loss runs in pretraining only, its head travels in the spec and weights
+    assert ("contrastive_loss" in m["history"][0]) == bool(contrastive)
+    assert all("contrastive_loss" not in h for h in m["history"][1:])
+    assert m["spec"].get("projection_dim", 0) == (64 if contrastive else 0)
+    if contrastive:  # between log(1) (views told apart perfectly) and log(2n - 1) (not at all)
+        assert 0 < m["history"][0]["contrastive_loss"] < math.log(2 * config.train.batch_size)
+    model, _, _ = _load_weights(lake, "autoencoder_images")
+    assert (model.projection is not None) == bool(contrastive)
     for key in ("cluster_acc", "nmi", "ari"):
         assert 0 <= m[key] <= 1 and key in m["kmeans_baseline"] and key in m["ae_umap"]
     predictions = lake.read("predictions/autoencoder_images", f"run_date={D}")
@@ -217,6 +227,52 @@ def test_shift_images_moves_each_image_and_fills_with_zeros():
                     found.append((dy, dx))
         assert len(found) == 1
     assert len({tuple(a.tolist()) for a in shifted}) > 1
+
+
+def test_affine_view_mirrors_shifts_and_zooms():
+    from deepmine.models.contrastive import affine_view, random_view
+    torch.manual_seed(0)
+    images = torch.rand(3, 6 * 8)
+    one, no, still = torch.ones(3), torch.zeros(3, dtype=torch.bool), torch.zeros(3, 2)
+    grid = images.view(3, 6, 8)
+    assert torch.allclose(affine_view(images, 6, 8, one, no, still), images, atol=1e-6)
+    mirrored = affine_view(images, 6, 8, one, ~no, still).view(3, 6, 8)
+    assert torch.allclose(mirrored, grid.flip(-1), atol=1e-6)
+    # +2/8 of half the width moves the content 2 columns left; zeros come in from the right
+    moved = affine_view(images, 6, 8, one, no, torch.tensor([[4 / 8, 0.0]] * 3)).view(3, 6, 8)
+    assert torch.allclose(moved[..., :6], grid[..., 2:], atol=1e-6)
+    assert torch.equal(moved[..., 6:], torch.zeros(3, 6, 2))
+    # zoomed in by 2 a constant image still fills the frame; zoomed out by 2 it sits in the
+    # middle of a zero border
+    flat = torch.full((1, 6 * 8), 0.7)
+    zoomed = affine_view(flat, 6, 8, torch.tensor([2.0]), no[:1], still[:1]).view(6, 8)
+    assert torch.allclose(zoomed, torch.full((6, 8), 0.7), atol=1e-6)
+    shrunk = affine_view(flat, 6, 8, torch.tensor([0.5]), no[:1], still[:1]).view(6, 8)
+    assert shrunk[0, 0] == 0 and torch.isclose(shrunk[3, 4], torch.tensor(0.7))
+    torch.manual_seed(1)
+    a = random_view(images, 6, 8)
+    torch.manual_seed(1)
+    assert torch.equal(a, random_view(images, 6, 8))  # seeded: a resumed run draws the same
+    assert not torch.equal(a, random_view(images, 6, 8))
+
+
+def test_nt_xent_against_a_hand_computed_value_and_a_plain_loop():
+    from deepmine.models.contrastive import nt_xent
+    # two orthogonal images, each view equal to its partner: every view has its partner at
+    # similarity 1 and the two other views at 0
+    a = torch.eye(2, 5)
+    t = 0.5
+    assert torch.isclose(nt_xent(a, 3 * a, t), torch.log(1 + 2 * torch.exp(torch.tensor(-1 / t))))
+    torch.manual_seed(0)
+    a, b = torch.randn(6, 4), torch.randn(6, 4)
+    views = torch.nn.functional.normalize(torch.cat([a, b]), dim=1)
+    losses = []
+    for i in range(12):
+        partner = (i + 6) % 12
+        others = [j for j in range(12) if j != i]
+        logits = torch.stack([views[i] @ views[j] / t for j in others])
+        losses.append(-(logits[others.index(partner)] - torch.logsumexp(logits, 0)))
+    assert torch.isclose(nt_xent(a, b, t), torch.stack(losses).mean(), atol=1e-6)
 
 
 def test_initial_partition_finds_planted_blobs_both_ways():

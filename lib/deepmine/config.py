@@ -199,6 +199,11 @@ class TrainConfig:
     # images: shift every training input by up to this many pixels (DEC-DA's augmentation; the
     # DEC target comes from the clean images). 0 = off
     augment_shift: int = 0
+    # images: weight of the augmentation-consistency (NT-Xent) loss beside reconstruction while
+    # pretraining (models/contrastive.py: two mirrored, zoomed, shifted views of every image pulled
+    # together). On all of Fashion-MNIST it moved K-means on the embeddings from 0.50 to 0.60 and
+    # the manifold's partition to 0.68 (README). Costs three encoder passes a step. 0 = off
+    contrastive_weight: float = 0.0
     dec_max_epochs: int = 4  # images
     customer_dec_max_epochs: int = 20
     dec_tolerance: float = 0.001  # stop when fewer than this share of assignments change

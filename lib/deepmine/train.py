@@ -41,6 +41,7 @@ MODELS = ("autoencoder", "cnn")
 TARGETS = ("customers", "images")
 CUSTOMER_HIDDEN = (64, 32)
 IMAGE_DENSE_HIDDEN = (500, 500, 2000)  # DEC's and N2D's layout (train.image_autoencoder: dense)
+PROJECTION_DIM = 64  # the contrastive projection head's output (train.contrastive_weight)
 
 
 def model_name(model: str, target: str) -> str:
@@ -67,8 +68,8 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     t = config.train
     if t.num_proc < 1:
         raise ConfigError(f"config key 'train.num_proc': expected >= 1, found {t.num_proc}")
-    for key in ("pretrain_noise", "customer_pretrain_noise", "augment_shift", "dec_warm_epochs",
-                "customer_dec_warm_epochs"):
+    for key in ("pretrain_noise", "customer_pretrain_noise", "augment_shift", "contrastive_weight",
+                "dec_warm_epochs", "customer_dec_warm_epochs"):
         if getattr(t, key) < 0:
             raise ConfigError(f"config key 'train.{key}': expected >= 0, found {getattr(t, key)}")
     for prefix in ("", "customer_"):
@@ -103,6 +104,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
             pretrain_epochs=t.customer_pretrain_epochs if customers else t.pretrain_epochs,
             pretrain_noise=t.customer_pretrain_noise if customers else t.pretrain_noise,
             augment_shift=0 if customers else t.augment_shift,
+            contrastive_weight=0.0 if customers else t.contrastive_weight,
             dec_init=t.customer_dec_init if customers else t.dec_init,
             dec_warm_epochs=t.customer_dec_warm_epochs if customers else t.dec_warm_epochs,
             dec_max_epochs=t.customer_dec_max_epochs if customers else t.dec_max_epochs,
@@ -125,10 +127,13 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
 
 def image_autoencoder_spec(config: Config) -> dict:
     """The image deep-clustering model's spec (`models.build`), by `train.image_autoencoder`.
-    Both kinds carry the image size: the shift augmentation needs it."""
+    Both kinds carry the image size: the augmentations need it; with `train.contrastive_weight`
+    the model carries a projection head for the pretraining's consistency loss."""
     t, images = config.train, config.images
     spec = {"height": images.height, "width": images.width, "embedding_dim": t.embedding_dim,
             "n_clusters": t.image_clusters, "alpha": t.dec_alpha}
+    if t.contrastive_weight:
+        spec["projection_dim"] = PROJECTION_DIM
     if t.image_autoencoder == "dense":
         return {"kind": "dense_dec", "in_dim": images.height * images.width,
                 "hidden": list(IMAGE_DENSE_HIDDEN), **spec}

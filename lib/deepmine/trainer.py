@@ -49,6 +49,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from deepmine.models.contrastive import nt_xent, random_view
+
 CHECKPOINT = re.compile(r"^epoch-(\d{4})\.pt$")
 
 
@@ -65,6 +67,7 @@ class TrainArgs:
     pretrain_epochs: int = 3
     pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
     augment_shift: int = 0  # dec on images: random shift of up to this many pixels per input
+    contrastive_weight: float = 0.0  # dec on images: NT-Xent of two views beside reconstruction
     dec_init: str = "kmeans"  # dec: centres from "kmeans" on the embeddings or "umap" (N2D)
     dec_warm_epochs: int = 0  # dec: first DEC epochs whose target is the starting partition
     dec_max_epochs: int = 4
@@ -481,7 +484,8 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
                        "converged": True})
                 break
         model.train()
-        t0, sums, seen = time.perf_counter(), [0.0, 0.0], 0
+        t0, sums, seen = time.perf_counter(), [0.0, 0.0, 0.0], 0
+        consistency = pretrain and args.contrastive_weight > 0
         for batch in r.lockstep(_batches(args, args.train_urls, r, epoch,
                                          ["row_id", "features"], shuffle=True)):
             if batch is None:
@@ -494,6 +498,11 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
                 recon, _ = model.autoencoder(noisy)
                 recon_loss, kl = F.mse_loss(recon, x), torch.zeros(())
                 loss = recon_loss
+                if consistency:  # two random views of each image, pulled together
+                    contrast = nt_xent(*(model.projection(model.autoencoder.encode(
+                        random_view(x, spec["height"], spec["width"]))) for _ in range(2)))
+                    loss = loss + args.contrastive_weight * contrast
+                    sums[2] += contrast.item() * len(x)
             else:
                 recon, _, q = model(x)
                 p = target[batch["row_id"].long()].to(device)
@@ -505,13 +514,16 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
             sums[1] += kl.item() * len(x)
             seen += len(x)
         seconds = time.perf_counter() - t0
-        recon_sum, kl_sum, total_seen = r.sum([*sums, seen], "dec_loss").tolist()
+        recon_sum, kl_sum, contrast_sum, total_seen = r.sum([*sums, seen], "dec_loss").tolist()
         entry.update(reconstruction_loss=recon_sum / max(total_seen, 1),
                      kl_loss=kl_sum / max(total_seen, 1), samples=int(total_seen),
                      seconds=round(seconds, 3), samples_per_s=round(total_seen / seconds, 1))
+        if consistency:
+            entry["contrastive_loss"] = contrast_sum / max(total_seen, 1)
         history.append(entry)
         extra = f" changed={entry['assignments_changed']:.4f} kl={entry['kl_loss']:.4f}" \
-            if not pretrain else ""
+            if not pretrain else f" contrastive={entry['contrastive_loss']:.4f}" \
+            if consistency else ""
         r.log(f"{args.log_prefix} epoch {epoch + 1}/{total} {entry['phase']} "
               f"recon={entry['reconstruction_loss']:.5f}{extra} {entry['samples_per_s']:.0f} samples/s")
         _save(args, r, store, epoch, model, optimizer,

@@ -29,4 +29,5 @@ def build(spec: dict[str, Any]) -> nn.Module:
         ae = ConvAutoencoder(spec["height"], spec["width"], spec["embedding_dim"])
     else:
         raise ValueError(f"unknown model kind {kind!r}; expected cnn, dense_dec or conv_dec")
-    return ClusteringModel(ae, spec["n_clusters"], spec["embedding_dim"], spec.get("alpha", 1.0))
+    return ClusteringModel(ae, spec["n_clusters"], spec["embedding_dim"], spec.get("alpha", 1.0),
+                           spec.get("projection_dim", 0))
