@@ -210,6 +210,22 @@ def shift_images(x: torch.Tensor, height: int, width: int, max_shift: int) -> to
     return out.reshape(n, height * width)
 
 
+def pretrain_loss(model, x: torch.Tensor, noise: float, contrastive_weight: float,
+                  spec: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reconstruction loss, contrastive loss) of a pretraining batch `x` for a
+    ClusteringModel: a denoising autoencoder (as DEC pretrains: reconstruct x from a copy with
+    Gaussian `noise`), plus, with `contrastive_weight`, NT-Xent between two random views of each
+    image through the model's projection head (`models.contrastive`)."""
+    noisy = x + noise * torch.randn_like(x) if noise else x
+    recon, _ = model.autoencoder(noisy)
+    recon_loss = F.mse_loss(recon, x)
+    if not contrastive_weight:
+        return recon_loss, recon_loss, torch.zeros(())
+    contrast = nt_xent(*(model.projection(model.autoencoder.encode(
+        random_view(x, spec["height"], spec["width"]))) for _ in range(2)))
+    return recon_loss + contrastive_weight * contrast, recon_loss, contrast
+
+
 def _step(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> None:
     """One optimizer step; `loss` None = this rank has no batch left: a zero-gradient step."""
     opt.zero_grad()
@@ -493,16 +509,10 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
                 continue
             x = augment(batch["features"].to(device))
             if pretrain:
-                # a denoising autoencoder (as DEC pretrains): reconstruct x from a noisy copy
-                noisy = x + args.pretrain_noise * torch.randn_like(x) if args.pretrain_noise else x
-                recon, _ = model.autoencoder(noisy)
-                recon_loss, kl = F.mse_loss(recon, x), torch.zeros(())
-                loss = recon_loss
-                if consistency:  # two random views of each image, pulled together
-                    contrast = nt_xent(*(model.projection(model.autoencoder.encode(
-                        random_view(x, spec["height"], spec["width"]))) for _ in range(2)))
-                    loss = loss + args.contrastive_weight * contrast
-                    sums[2] += contrast.item() * len(x)
+                loss, recon_loss, contrast = pretrain_loss(model, x, args.pretrain_noise,
+                                                           args.contrastive_weight, spec)
+                kl = torch.zeros(())
+                sums[2] += contrast.item() * len(x)
             else:
                 recon, _, q = model(x)
                 p = target[batch["row_id"].long()].to(device)

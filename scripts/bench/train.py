@@ -1,7 +1,7 @@
 """Training throughput: samples/s of one CNN epoch with 1 and 2 Horovod ranks (horovodrun, Gloo).
 
     .venv/bin/python scripts/bench/train.py [--images 60000] [--ranks 1,2]
-        [--model cnn|conv_dec|dense_dec]
+        [--model cnn|conv_dec|dense_dec] [--contrastive 0.1]
 
 Writes synthetic 28x28 images as a feature table (equal row groups, like features/images) with
 pyarrow, runs `deepmine.trainer.train` for one epoch per rank count through `horovodrun`, and
@@ -45,6 +45,8 @@ def main() -> None:
     p.add_argument("--ranks", default="1,2")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--model", default="cnn", choices=["cnn", "conv_dec", "dense_dec"])
+    p.add_argument("--contrastive", type=float, default=0.0,
+                   help="autoencoders: train.contrastive_weight (conf/full.yaml: 0.1)")
     p.add_argument("--device", default="auto")
     p.add_argument("--dir", default="/tmp/deepmine-bench-train")
     a = p.parse_args()
@@ -59,8 +61,10 @@ def main() -> None:
         from deepmine.config import load_config
         from deepmine.train import image_autoencoder_spec
         kind = {"conv_dec": "conv", "dense_dec": "dense"}[a.model]
-        spec = image_autoencoder_spec(load_config(None, [f"train.image_autoencoder={kind}"]))
-        extra = {"task": "dec", "pretrain_epochs": 1, "dec_max_epochs": 0, "n_rows": a.images}
+        spec = image_autoencoder_spec(load_config(None, [
+            f"train.image_autoencoder={kind}", f"train.contrastive_weight={a.contrastive}"]))
+        extra = {"task": "dec", "pretrain_epochs": 1, "dec_max_epochs": 0, "n_rows": a.images,
+                 "contrastive_weight": a.contrastive}
     rows = []
     for ranks in [int(x) for x in a.ranks.split(",")]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -72,11 +76,13 @@ def main() -> None:
             entry = CheckpointStore(args.checkpoint_dir).load_latest()["history"][-1]
         rows.append((ranks, entry["samples"], entry["seconds"], entry["samples_per_s"]))
     base = rows[0][3] / rows[0][0]
-    print(f"{a.model}, {a.images} images, batch {a.batch} per rank, device {a.device}")
-    publish(f"train_{a.model}", [
+    name = a.model + ("_contrastive" if a.contrastive else "")
+    print(f"{name}, {a.images} images, batch {a.batch} per rank, device {a.device}")
+    publish(f"train_{name}", [
         {"ranks": ranks, "samples": n, "seconds": s, "samples_per_s": rate,
          "efficiency": round(rate / (ranks * base), 3)} for ranks, n, s, rate in rows],
-        meta={"model": a.model, "images": a.images, "batch_per_rank": a.batch,
+        meta={"model": a.model, "contrastive_weight": a.contrastive, "images": a.images,
+              "batch_per_rank": a.batch,
               "device": a.device})
 
 
