@@ -238,7 +238,8 @@ def test_affine_view_mirrors_shifts_and_zooms():
     assert torch.allclose(affine_view(images, 6, 8, one, no, still), images, atol=1e-6)
     mirrored = affine_view(images, 6, 8, one, ~no, still).view(3, 6, 8)
     assert torch.allclose(mirrored, grid.flip(-1), atol=1e-6)
-    # +2/8 of half the width moves the content 2 columns left; zeros come in from the right
+    # a shift of 4/8 (one pixel is 2/width) moves the content 2 columns left; zeros come in from
+    # the right
     moved = affine_view(images, 6, 8, one, no, torch.tensor([[4 / 8, 0.0]] * 3)).view(3, 6, 8)
     assert torch.allclose(moved[..., :6], grid[..., 2:], atol=1e-6)
     assert torch.equal(moved[..., 6:], torch.zeros(3, 6, 2))

@@ -46,8 +46,8 @@ def affine_view(x: torch.Tensor, height: int, width: int, scale: torch.Tensor,
                 mirror: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Flat images resampled (bilinear) at each one's own zoom `scale` (> 1 shows less of the
     image, larger), left-right `mirror` (bool) and `shift` (n x 2: x, y as shares of half the
-    frame; +2/width moves the content two pixels left). Zeros, the background, fill what comes
-    into the frame."""
+    frame, so one pixel is 2/width; +4/width moves the content two pixels left). Zeros, the
+    background, fill what comes into the frame."""
     n = x.shape[0]
     theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
     theta[:, 0, 0] = torch.where(mirror, -1.0, 1.0).to(x.dtype) / scale
@@ -66,5 +66,5 @@ def nt_xent(a: torch.Tensor, b: torch.Tensor, temperature: float = TEMPERATURE) 
     similarity = z @ z.t() / temperature
     similarity = similarity.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device),
                                         float("-inf"))
-    partner = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    partner = torch.arange(2 * n, device=z.device).roll(n)  # view i's partner: i +- n
     return F.cross_entropy(similarity, partner)
