@@ -266,6 +266,12 @@ class StageRun:
 
     with StageRun(lake, run_date, "ingest") as run:
         run.counts.update(rows_read=...)
+        if model_lost_to_baseline:
+            run.degrade("accuracy 0.41 is below the majority-class baseline's 0.52")
+
+    Status: `failed` when the block raises; `degraded` when it finished and published but called
+    `degrade()` (a model that does not beat its baseline, a clustering that collapsed, ...): the
+    reasons go to the manifest's `degraded_reasons` and the log; `ok` otherwise.
     """
 
     def __init__(self, lake: Lake, run_date: str, stage: str, log: Callable[[str], None] = print):
@@ -273,6 +279,16 @@ class StageRun:
         self.counts: dict[str, Any] = {}
         self.metrics: dict[str, Any] = {}
         self.outputs: dict[str, str] = {}
+        self.degraded_reasons: list[str] = []
+
+    def degrade(self, reason: str) -> None:
+        """Mark the stage `degraded` (published, but not trustworthy) with a reason; logged now."""
+        self.degraded_reasons.append(reason)
+        self.log(f"[{self.stage}] DEGRADED: {reason}")
+
+    @property
+    def status(self) -> str:
+        return "degraded" if self.degraded_reasons else "ok"
 
     def __enter__(self) -> "StageRun":
         self._start = dt.datetime.now(dt.timezone.utc)
@@ -286,15 +302,17 @@ class StageRun:
             "start": self._start.isoformat(timespec="milliseconds"),
             "end": end.isoformat(timespec="milliseconds"),
             "seconds": seconds,
-            "status": "failed" if exc_type else "ok",
+            "status": "failed" if exc_type else self.status,
             "counts": self.counts,
             "metrics": self.metrics,
             "outputs": self.outputs,
         }
         if exc_type:
             record["error"] = f"{exc_type.__name__}: {exc}"
+        if self.degraded_reasons:
+            record["degraded_reasons"] = list(self.degraded_reasons)
         self.manifest_url = self.lake.record_stage(self.run_date, self.stage, record)
-        status = "FAILED" if exc_type else "done"
+        status = "FAILED" if exc_type else ("DEGRADED" if self.degraded_reasons else "done")
         summary = " ".join(f"{k}={v}" for k, v in self.counts.items() if not isinstance(v, dict))
         self.log(f"[{self.stage}] {status} in {seconds:.1f}s {summary}".rstrip())
         return False
