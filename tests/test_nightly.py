@@ -81,3 +81,70 @@ def test_second_nightly_on_a_locked_lake_exits_at_once(spark, make_config, tmp_p
     with lake.lock("me"):
         assert json.loads(lake.read_text(lake.lock_url()))["pid"] == os.getpid()
     assert not lake.exists(lake.lock_url())
+
+
+# ------------------------------------------------------------------ failed and degraded nights
+
+def _cli_args(tmp_path, *keep: str) -> list[str]:
+    generate_transactions(tmp_path / "gen", lines=400, seed=4)
+    return ["nightly", "--date", DATE, "--set", f"lake.root={tmp_path / 'lake'}",
+            "spark.ui_enabled=false", f"input.transactions={tmp_path / 'gen' / 'transactions.csv'}",
+            f"input.products={tmp_path / 'gen' / 'products.csv'}", "input.generate_if_missing=false",
+            "rfm.k_max=3", "rfm.n_init=1", skip_all_but(*keep)]
+
+
+def _degrading_rules(spark, config, run_date):
+    """Stands for a rules stage that published but did not beat its baseline."""
+    from deepmine.lake import StageRun
+    with StageRun(Lake(spark, config.lake.root), run_date, "rules") as run:
+        run.degrade("lift of the top rule 0.9 is below 1")
+    return run.counts
+
+
+def test_failed_stage_skips_what_needs_it_runs_the_rest_and_the_report(spark, tmp_path, capsys,
+                                                                       monkeypatch):
+    """rfm fails for an internal reason: features (which needs rfm) is skipped and recorded so,
+    rules (which does not) and the report still run, the report shows the failure, exit 1."""
+    import deepmine.rfm
+
+    def broken_rfm(spark, config, run_date):
+        raise ValueError("boom inside rfm")
+    monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
+    args = _cli_args(tmp_path, "ingest", "rfm", "rules", "features", "report")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "stage rfm failed: ValueError: boom inside rfm" in err
+    assert "skipped because a stage they need failed: features" in err
+    lake_dir = tmp_path / "lake" / "runs" / f"run_date={DATE}"
+    stages = json.loads((lake_dir / "manifest.json").read_text())["stages"]
+    assert {n: s["status"] for n, s in stages.items()} == {
+        "ingest": "ok", "rfm": "failed", "rules": "ok", "features": "skipped", "report": "ok"}
+    assert stages["features"]["skipped_because"] == ["rfm"]
+    assert stages["rfm"]["error"] == "ValueError: boom inside rfm"
+    page = (lake_dir / "report.html").read_text()
+    assert "<span class='status-failed'>failed</span>" in page
+    assert "<span class='status-skipped'>skipped</span>" in page
+    assert "ValueError: boom inside rfm" in page
+
+
+def test_degraded_stage_exits_4_and_a_failure_wins(spark, tmp_path, capsys, monkeypatch):
+    """A degraded stage lets the night go on and the CLI exits 4 (nightly and the stage's own
+    command); with a failed stage as well, 1 wins."""
+    import deepmine.rfm
+    import deepmine.rules
+    monkeypatch.setattr(deepmine.rules, "run_rules", _degrading_rules)
+    args = _cli_args(tmp_path, "ingest", "rules", "report")
+    assert main(args) == 4
+    err = capsys.readouterr().err
+    assert "done, but degraded: rules" in err
+    page = (tmp_path / "lake" / "runs" / f"run_date={DATE}" / "report.html").read_text()
+    assert "<span class='status-degraded'>degraded</span>" in page
+    assert "lift of the top rule 0.9 is below 1" in page
+    stage_args = ["rules", *args[1:-1]]
+    assert main(stage_args) == 4
+    assert "lift of the top rule 0.9 is below 1" in capsys.readouterr().err
+
+    def broken_rfm(spark, config, run_date):
+        raise FileNotFoundError("an internal scratch file vanished")
+    monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
+    assert main([*_cli_args(tmp_path, "ingest", "rfm", "rules", "report"), "--force"]) == 1

@@ -1,7 +1,14 @@
 """`deepmine <command>`: one entry for every stage and helper; jobs/*.py call `main` too.
 
-Exit codes: 0 done, 1 a stage failed, 2 bad usage or bad input (config, header, format),
-3 nothing to do (every stage already done for the date), 75 another nightly holds the lake's lock.
+Exit codes (EXIT_*; README "Exit codes"):
+  0   done
+  1   a stage failed (its cause printed; the nightly still ran what did not need it, and the report)
+  2   bad usage or bad input: arguments, config, input header/format, products file (the message
+      names the file, column or key); a failed nightly whose every failure was bad input
+  3   nothing to do (every stage already done for the date)
+  4   done, but some stage is degraded: it published output that did not beat its baseline (the
+      manifest's `degraded_reasons` say why); 1 wins over 4
+  75  another process holds the lake's lock (a live holder); an error while taking the lock is 1
 """
 from __future__ import annotations
 
@@ -13,7 +20,17 @@ from typing import Callable
 from deepmine.config import ConfigError, load_config
 
 DEFAULT_CONF = "conf/local.yaml"
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOTHING_TO_DO, EXIT_LOCKED = 0, 1, 2, 3, 75
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOTHING_TO_DO, EXIT_DEGRADED, EXIT_LOCKED = \
+    0, 1, 2, 3, 4, 75
+
+
+def input_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean bad usage or bad input (exit 2); any other is a failure (exit 1)."""
+    from deepmine.ingest import IngestError
+    from deepmine.rules import RulesInputError
+    from deepmine.samples import SampleFormatError
+    from deepmine.schemas import SchemaError
+    return ConfigError, IngestError, SchemaError, RulesInputError, SampleFormatError
 
 # Stages that read the lake and write the lake: `deepmine.<name>.run_<name>(spark, config, date)`.
 MINING_STAGES = {
@@ -104,14 +121,26 @@ def _with_session(args, work: Callable) -> int:
     return work(spark, config)
 
 
+def _stage_exit(spark, config, run_date: str, stage: str) -> int:
+    """After one stage's command: 4 when the stage ended degraded (its reasons printed), else 0."""
+    from deepmine.lake import Lake
+    lake = Lake(spark, config.lake.root)
+    record = lake.read_manifest(run_date)["stages"].get(stage, {})
+    print(f"manifest: {lake.manifest_url(run_date)}")
+    if record.get("status") == "degraded":
+        print(f"deepmine {stage}: done, but degraded: "
+              f"{'; '.join(record.get('degraded_reasons', []))}", file=sys.stderr)
+        return EXIT_DEGRADED
+    return EXIT_OK
+
+
 def _ingest(args) -> int:
-    from deepmine.ingest import run_ingest
+    from deepmine.ingest import run_ingest, stage_name
 
     def work(spark, config):
         counts = run_ingest(spark, config, args.date, args.input, args.entity, args.format)
-        from deepmine.lake import Lake
-        print(f"manifest: {Lake(spark, config.lake.root).manifest_url(args.date)}")
-        return 0 if counts else 1
+        return _stage_exit(spark, config, args.date, stage_name(args.entity)) if counts \
+            else EXIT_FAILED
     return _with_session(args, work)
 
 
@@ -126,6 +155,19 @@ def _nightly(args) -> int:
         lake = Lake(spark, config.lake.root)
         if lake.exists(report_url(lake, args.date)):
             print(f"report: {report_url(lake, args.date)}")
+        if result.failed:
+            for name, error in result.errors.items():
+                print(f"deepmine nightly: stage {name} failed: {type(error).__name__}: {error}",
+                      file=sys.stderr)
+            if result.blocked:
+                print(f"deepmine nightly: skipped because a stage they need failed: "
+                      f"{', '.join(result.blocked)}", file=sys.stderr)
+            bad_input = all(isinstance(e, input_errors()) for e in result.errors.values())
+            return EXIT_BAD_INPUT if bad_input else EXIT_FAILED
+        if result.degraded:
+            print(f"deepmine nightly: done, but degraded: {', '.join(result.degraded)} "
+                  f"(see degraded_reasons in {result.manifest_url})", file=sys.stderr)
+            return EXIT_DEGRADED
         if not result.ran:
             print(f"nothing to do for {args.date}: every stage is done (use --force to redo)")
             return EXIT_NOTHING_TO_DO
@@ -143,8 +185,7 @@ def _mining_stage(args) -> int:
         outputs = lake.read_manifest(args.date)["stages"][args.command].get("outputs", {})
         for name, url in outputs.items():
             print(f"{name}: {url}")
-        print(f"manifest: {lake.manifest_url(args.date)}")
-        return 0
+        return _stage_exit(spark, config, args.date, args.command)
     return _with_session(args, work)
 
 
@@ -158,13 +199,11 @@ def _doctor(args) -> int:
 
 
 def _train(args) -> int:
-    from deepmine.train import run_train
+    from deepmine.train import model_name, run_train
 
     def work(spark, config):
         run_train(spark, config, args.date, args.model, args.target)
-        from deepmine.lake import Lake
-        print(f"manifest: {Lake(spark, config.lake.root).manifest_url(args.date)}")
-        return 0
+        return _stage_exit(spark, config, args.date, f"train_{model_name(args.model, args.target)}")
     return _with_session(args, work)
 
 

@@ -1,19 +1,27 @@
 """The nightly: every stage that exists, in order, for one run date.
 
-A stage already done for the date (status ok in the manifest and its output published) is
-skipped unless `force`. Stages are listed once, in STAGES; later stages add themselves there.
+A stage already done for the date (status ok or degraded in the manifest and its output
+published) is skipped unless `force`. Stages are listed once, in STAGES; later stages add
+themselves there, naming in `needs` the stages whose output they read.
+
+A stage that fails does not stop the night: its failure is in the manifest (status `failed`, the
+error), the stages that need it (directly or through another stage) are recorded as `skipped`
+with the reason and not run, the stages that do not need it still run, and the report always runs.
+`run_nightly` returns what failed; the CLI turns that into exit code 1.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import sys
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from pyspark.sql import SparkSession
 
-from deepmine.config import Config
+from deepmine.config import Config, ConfigError
 from deepmine.ingest import run_ingest, stage_name
-from deepmine.lake import Lake
+from deepmine.lake import Lake, _now
 
 
 @dataclass(frozen=True)
@@ -24,6 +32,9 @@ class Stage:
     partition_key: str = "run_date"
     applies: Callable[[Config, "NightlyInputs"], bool] = lambda config, inputs: True
     summarizes: bool = False  # redone whenever an earlier stage ran (the report)
+    # stages whose output this one reads: when one of them fails (or is skipped because its own
+    # dependency failed) in this run, this stage is skipped, not run on stale or missing input
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -79,22 +90,26 @@ STAGES: list[Stage] = [
     Stage(stage_name("images"), _ingest("images"), ("clean/images", "quarantine/images"), "dt",
           applies=lambda config, inputs: bool(inputs.images)),
     Stage("rfm", _mining("rfm"), ("mining/rfm", "mining/rfm_segments"),
-          applies=lambda config, inputs: bool(inputs.transactions)),
+          applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     Stage("rules", _mining("rules"), ("mining/itemsets", "mining/rules"),
-          applies=lambda config, inputs: bool(inputs.transactions)),
+          applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     # implicit feedback learns from purchases, explicit from ratings
     Stage("recommend", _mining("recommend"), ("mining/recommendations",),
           applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
-                                              else inputs.transactions)),
+                                              else inputs.transactions),
+          needs=("ingest", "ingest_ratings")),
     # features and training: images always (Fashion-MNIST or synthetic when none were ingested),
-    # customers where there are transactions
-    Stage("features", _mining("features"), ("features/images",)),
+    # customers where there are transactions (RFM values from mining/rfm when it ran)
+    Stage("features", _mining("features"), ("features/images",),
+          needs=("ingest", "ingest_images", "rfm")),
     Stage("train_autoencoder_customers", _training("autoencoder", "customers"),
           ("models/autoencoder_customers", "predictions/autoencoder_customers"),
-          applies=lambda config, inputs: bool(inputs.transactions)),
+          applies=lambda config, inputs: bool(inputs.transactions), needs=("features",)),
     Stage("train_autoencoder_images", _training("autoencoder", "images"),
-          ("models/autoencoder_images", "predictions/autoencoder_images")),
-    Stage("train_cnn", _training("cnn", "images"), ("models/cnn", "predictions/cnn")),
+          ("models/autoencoder_images", "predictions/autoencoder_images"), needs=("features",)),
+    Stage("train_cnn", _training("cnn", "images"), ("models/cnn", "predictions/cnn"),
+          needs=("features",)),
+    # the report needs nothing: on a failed night it is the page that shows what failed
     Stage("report", _mining("report"), (), summarizes=True),
 ]
 
@@ -111,28 +126,67 @@ def is_done(lake: Lake, stage: Stage, run_date: str) -> bool:
 @dataclass(frozen=True)
 class NightlyResult:
     manifest_url: str
-    ran: tuple[str, ...]
-    skipped: tuple[str, ...]
+    ran: tuple[str, ...]  # stages run tonight (failed ones included)
+    skipped: tuple[str, ...]  # already done for the date
+    failed: tuple[str, ...] = ()  # stages that raised; their errors are in `errors` and the manifest
+    blocked: tuple[str, ...] = ()  # not run because a stage they need failed tonight
+    degraded: tuple[str, ...] = ()  # ran and published, but ended `degraded` (see the manifest)
+    errors: dict[str, BaseException] = field(default_factory=dict, compare=False, repr=False)
 
 
 def run_nightly(spark: SparkSession, config: Config, run_date: str,
                 transactions: str | None = None, force: bool = False) -> NightlyResult:
-    """Run every applicable stage for `run_date` under the lake's lock (LakeLocked if held)."""
+    """Run every applicable stage for `run_date` under the lake's lock (LakeLocked if held).
+
+    A stage's exception is caught, logged with its traceback and returned in the result; the
+    stages that need it are skipped (recorded `skipped` in the manifest with the reason); the
+    others and the report still run. Only BaseExceptions that are not Exceptions (SystemExit,
+    KeyboardInterrupt) stop the night."""
     lake = Lake(spark, config.lake.root)
-    unknown = sorted(set(config.nightly.skip_stages) - {stage.name for stage in STAGES})
+    names = [stage.name for stage in STAGES]
+    unknown = sorted(set(config.nightly.skip_stages) - set(names))
     if unknown:
-        raise ValueError(f"nightly.skip_stages names unknown stage(s) {unknown}; the stages are "
-                         f"{[stage.name for stage in STAGES]}")
-    ran, skipped = [], []
+        raise ConfigError(f"nightly.skip_stages names unknown stage(s) {unknown}; the stages are "
+                          f"{names}")
+    ran, skipped, failed, blocked, degraded = [], [], [], [], []
+    errors: dict[str, BaseException] = {}
     with lake.lock(f"nightly run_date={run_date}"):
         inputs = resolve_inputs(config, transactions)
         for stage in STAGES:
             if stage.name in config.nightly.skip_stages or not stage.applies(config, inputs):
                 continue
-            if not force and not (stage.summarizes and ran) and is_done(lake, stage, run_date):
+            broken = [n for n in stage.needs if n in failed or n in blocked]
+            if broken:
+                reason = f"skipped: needs {', '.join(broken)}, which " + \
+                    ("failed" if all(n in failed for n in broken) else "did not run") + " tonight"
+                print(f"[{stage.name}] {reason}")
+                lake.record_stage(run_date, stage.name, {
+                    "status": "skipped", "skipped_because": broken, "error": reason,
+                    "end": _now(), "seconds": 0.0, "counts": {}, "metrics": {}, "outputs": {}})
+                blocked.append(stage.name)
+                continue
+            summarize = stage.summarizes and (ran or blocked)
+            if not force and not summarize and is_done(lake, stage, run_date):
                 print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
                 skipped.append(stage.name)
                 continue
-            stage.run(spark, config, run_date, inputs)
             ran.append(stage.name)
-    return NightlyResult(lake.manifest_url(run_date), tuple(ran), tuple(skipped))
+            try:
+                stage.run(spark, config, run_date, inputs)
+            except Exception as e:  # noqa: BLE001 - recorded, reported, and the night goes on
+                failed.append(stage.name)
+                errors[stage.name] = e
+                error = f"{type(e).__name__}: {e}"
+                if lake.read_manifest(run_date)["stages"].get(stage.name, {}).get("error") != error:
+                    # it failed before its StageRun could record it (a config check, say)
+                    lake.record_stage(run_date, stage.name, {
+                        "status": "failed", "error": error, "end": _now(), "seconds": 0.0,
+                        "counts": {}, "metrics": {}, "outputs": {}})
+                print(f"[{stage.name}] FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+                traceback.print_exception(e, file=sys.stderr)
+                continue
+            record = lake.read_manifest(run_date)["stages"].get(stage.name, {})
+            if record.get("status") == "degraded":
+                degraded.append(stage.name)
+    return NightlyResult(lake.manifest_url(run_date), tuple(ran), tuple(skipped), tuple(failed),
+                         tuple(blocked), tuple(degraded), errors)

@@ -86,21 +86,56 @@ def _fmt(value: Any) -> str:
 
 # =============================================================== sections
 
+STATUS_COLOURS = {"ok": "#2e86c1", "failed": "#c0392b", "degraded": "#d4ac0d", "skipped": "#95a5a6"}
+STATUS_MEANING = {"ok": "done", "failed": "failed (the error is in the table)",
+                  "degraded": "published, but not trustworthy (the reasons are in the table)",
+                  "skipped": "not run: a stage it needs failed tonight"}
+
+
+def _stage_note(rec: dict) -> str:
+    """What an operator needs to read beside a stage's status."""
+    if rec.get("status") == "degraded":
+        return "; ".join(map(str, rec.get("degraded_reasons", [])))
+    return str(rec.get("error", ""))
+
+
 def section_overview(ctx: "ReportContext") -> Section | None:
     stages = ctx.manifest.get("stages", {})
     if not stages:
         return None
     rows = [{"stage": name, "status": rec.get("status"), "seconds": rec.get("seconds"),
-             "start": rec.get("start"), "error": rec.get("error", "")}
+             "start": rec.get("start"), "note": _stage_note(rec)}
             for name, rec in stages.items() if name != "report"]
     df = pd.DataFrame(rows)
-    fig, ax = _figure(6.5, 0.4 + 0.35 * len(df))
-    colors = ["#c0392b" if s == "failed" else "#2e86c1" for s in df["status"]]
-    ax.barh(df["stage"], df["seconds"].fillna(0), color=colors)
+    fig, ax = _figure(6.5, 0.6 + 0.35 * len(df))
+    colors = [STATUS_COLOURS.get(s, "#2e86c1") for s in df["status"]]
+    seconds = pd.to_numeric(df["seconds"], errors="coerce").fillna(0)
+    ax.barh(df["stage"], seconds, color=colors)
+    for y, (status, width) in enumerate(zip(df["status"], seconds)):
+        if status != "ok":  # a skipped stage has no bar: its status is written where it would be
+            ax.text(width, y, f" {status}", va="center", fontsize=8,
+                    color=STATUS_COLOURS.get(status, "#222"))
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title("stage timings")
-    return "Stages and timings", _table(df) + _png(fig)
+    shown = [s for s in STATUS_COLOURS if s in set(df["status"])]
+    from matplotlib.patches import Patch
+    ax.legend(handles=[Patch(color=STATUS_COLOURS[s], label=s) for s in shown], fontsize=7,
+              loc="lower right")
+    bad = df[df["status"] != "ok"]
+    summary = ""
+    if not bad.empty:
+        summary = "<p class='problems'>" + "<br>".join(
+            f"<span class='status-{html.escape(str(r.status))}'>{html.escape(str(r.stage))}: "
+            f"{html.escape(str(r.status))}</span> ({html.escape(STATUS_MEANING.get(r.status, ''))})"
+            for r in bad.itertuples()) + "</p>"
+    cells = df.assign(stage=df["stage"].map(lambda v: html.escape(str(v))),
+                      note=df["note"].map(lambda v: html.escape(str(v))),
+                      status=df["status"].map(lambda v: f"<span class='status-{html.escape(str(v))}'>"
+                                                        f"{html.escape(str(v))}</span>"))
+    table = cells.to_html(index=False, border=0, classes="data", escape=False,
+                          float_format=lambda x: f"{x:.4g}")
+    return "Stages and timings", summary + table + _png(fig)
 
 
 def section_reconciliation(ctx: "ReportContext") -> Section | None:
@@ -332,6 +367,8 @@ table.data{border-collapse:collapse;font-size:.85em;margin:.5em 0}
 table.data td,table.data th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:right}
 img.plot{max-width:100%;display:block;margin:.8em 0}
 nav a{margin-right:1em}
+.status-ok{color:#2e86c1} .status-failed{color:#c0392b;font-weight:bold}
+.status-degraded{color:#b7950b;font-weight:bold} .status-skipped{color:#7f8c8d;font-style:italic}
 """
 
 
