@@ -148,3 +148,27 @@ def test_degraded_stage_exits_4_and_a_failure_wins(spark, tmp_path, capsys, monk
         raise FileNotFoundError("an internal scratch file vanished")
     monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
     assert main([*_cli_args(tmp_path, "ingest", "rfm", "rules", "report"), "--force"]) == 1
+
+
+def test_exit_codes_1_for_internal_failures_2_only_for_usage_and_input(spark, tmp_path, capsys,
+                                                                       monkeypatch):
+    """Through deepmine.cli.main: a ValueError or FileNotFoundError raised inside a stage for an
+    internal reason is 1 with its cause; bad usage (argparse) and a bad config are 2. (0 and 3:
+    test_cli_nightly_generates_on_first_use_and_prints_manifest; 2 for bad input:
+    test_cli_reports_bad_input_with_exit_code_2; 4: test_degraded_stage_exits_4_and_a_failure_wins;
+    75: test_second_nightly_on_a_locked_lake_exits_at_once.)"""
+    import deepmine.rfm
+    base = ["--date", DATE, "--set", f"lake.root={tmp_path / 'lake'}", "spark.ui_enabled=false"]
+    for error in (ValueError("cluster centres came back empty"),
+                  FileNotFoundError("scratch/centres.npy")):
+        def broken_rfm(spark, config, run_date, error=error):
+            raise error
+        monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
+        assert main(["rfm", *base]) == 1
+        err = capsys.readouterr().err
+        assert f"deepmine rfm: failed: {type(error).__name__}: {error}" in err
+    assert main(["rfm"]) == 2  # argparse: --date is required
+    assert "the following arguments are required: --date" in capsys.readouterr().err
+    assert main(["rfm", "--date", "22/11/2026"]) == 2
+    assert main(["rfm", *base, "rfm.no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err

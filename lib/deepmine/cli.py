@@ -236,18 +236,24 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["submit"]:  # its options are spark-submit's business, not argparse's here
         from deepmine.submit import main as submit_main
         return submit_main(argv[1:])
-    args = build_parser().parse_args(argv)
-    from deepmine.ingest import IngestError
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error (2), or --help (0)
+        return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
     from deepmine.lake import LakeLocked
-    from deepmine.schemas import SchemaError
     try:
         return args.handler(args)
     except LakeLocked as e:
         print(f"deepmine {args.command}: {e}", file=sys.stderr)
         return EXIT_LOCKED
-    except (ConfigError, IngestError, SchemaError, ValueError, FileNotFoundError) as e:
+    except input_errors() as e:
         print(f"deepmine {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Exception as e:  # noqa: BLE001 - a failure inside a stage: its trace, then its cause
+        import traceback
+        traceback.print_exception(e, file=sys.stderr)
+        print(f"deepmine {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
