@@ -229,3 +229,42 @@ def test_no_customers_yet_publishes_empty_tables(spark, make_config):
 def test_bad_k_range_is_named(spark, make_config):
     with pytest.raises(ConfigError, match="rfm.k_min"):
         run_rfm(spark, make_config("rfm.k_min=5", "rfm.k_max=3"), RUN_DATE)
+
+
+# --------------------------------------------------------------------------- cluster checks
+
+def two_equal_groups(spark, per_group: int = 400):
+    """customer_id + features: two tight, well-separated groups of exactly `per_group` customers."""
+    from pyspark.ml.linalg import Vectors
+    rng = __import__("numpy").random.default_rng(4)
+    rows = [(f"c{g}{i:04d}", Vectors.dense(centre + rng.normal(scale=0.05, size=3)))
+            for g, centre in enumerate(([-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]))
+            for i in range(per_group)]
+    return spark.createDataFrame(rows, ["customer_id", "features"])
+
+
+def test_equal_cluster_sizes_are_not_a_collapse(spark):
+    """[400, 400] is two clusters: counting *distinct* sizes once threw this k away."""
+    assert rfm.collapsed([400, 400]) is False
+    assert rfm.collapsed([800, 0]) is True and rfm.collapsed([800]) is True
+    assert rfm.collapsed([799, 1, 0]) is False
+    clusters, metrics = rfm.choose_clusters(two_equal_groups(spark), 2, 2, seed=1, n_init=1)
+    assert metrics["k"] == 2 and metrics["cluster_sizes"] == [400, 400]
+    assert metrics["silhouette"] > 0.9 and "degraded_reason" not in metrics
+    got = clusters.toPandas()
+    assert got.groupby(got["customer_id"].str[1])["cluster"].nunique().tolist() == [1, 1]
+
+
+def test_kmeans_collapsing_for_every_k_degrades_the_stage(spark, make_config, monkeypatch):
+    """When every k collapses, all customers in cluster 0 is published but not passed off as ok."""
+    monkeypatch.setattr(rfm, "collapsed", lambda sizes: True)
+    config = make_config("rfm.k_min=2", "rfm.k_max=3", "rfm.n_init=1")
+    lake = Lake(spark, config.lake.root)
+    lake.publish(clean_frame(spark, HAND_LINES), "clean/transactions", f"dt={RUN_DATE}")
+    result = run_rfm(spark, config, RUN_DATE)
+    record = lake.read_manifest(RUN_DATE)["stages"]["rfm"]
+    assert record["status"] == "degraded"
+    assert any("one cluster for every k" in r for r in record["degraded_reasons"])
+    assert result["metrics"]["k"] == 1 and result["metrics"]["silhouette"] is None
+    published = lake.read("mining/rfm", f"run_date={RUN_DATE}")
+    assert {r["cluster"] for r in published.collect()} == {0} and published.count() == 7

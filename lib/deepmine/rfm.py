@@ -31,7 +31,9 @@ starts at score 3; some scores may then hold nobody, which is the honest outcome
 Named segments come from (r_score, f_score) through SEGMENT_GRID below, the one place where the
 mapping lives. Clusters: Spark ML K-means on standardized log1p features, k chosen by silhouette
 (squared Euclidean) over [rfm.k_min, rfm.k_max], each k the lowest-cost of rfm.n_init seeded runs;
-cluster ids are renumbered by size, 0 the largest.
+cluster ids are renumbered by size, 0 the largest. When K-means leaves fewer than 2 non-empty
+clusters for every k tried, every customer gets cluster 0 and the stage ends `degraded` with the
+reason (published, but the clusters mean nothing).
 """
 from __future__ import annotations
 
@@ -186,6 +188,12 @@ def feature_partitions(customers: int, max_partitions: int) -> int:
     return max(1, min(max_partitions, -(-customers // CUSTOMERS_PER_PARTITION)))
 
 
+def collapsed(cluster_sizes) -> bool:
+    """True when fewer than 2 clusters hold anyone: silhouette is then undefined. Equal sizes
+    ([400, 400]) are two clusters, not a collapse."""
+    return sum(1 for size in cluster_sizes if size > 0) < 2
+
+
 def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
                     max_iter: int = 50, n_init: int = 3) -> tuple[DataFrame | None, dict[str, Any]]:
     """Fit K-means for every k in [k_min, k_max] (fit_kmeans); keep the best silhouette (ties:
@@ -193,7 +201,9 @@ def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
 
     Returns (customer_id, cluster) with clusters renumbered by size (0 = largest; equal sizes by
     K-means' own label), and metrics. With fewer than 2 distinct points no clustering is possible:
-    (None, metrics with k = 1).
+    (None, metrics with k = 1). When K-means collapsed (collapsed()) for every k tried, the
+    result is (None, metrics with k = 1 and `degraded_reason`): the caller must not pass one
+    cluster off as a clustering.
     """
     distinct = features.select("features").distinct().limit(k_max + 1).count()
     metrics: dict[str, Any] = {"k_range": [k_min, k_max], "silhouette_by_k": {}}
@@ -206,14 +216,18 @@ def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
     for k in range(k_min, min(k_max, distinct) + 1):
         model = fit_kmeans(features, k, seed, max_iter, n_init)
         predicted = model.transform(features)
-        if len(set(model.summary.clusterSizes) - {0}) < 2:
-            continue  # K-means collapsed to one cluster: silhouette is undefined
+        if collapsed(model.summary.clusterSizes):
+            metrics.setdefault("collapsed_k", []).append(k)
+            continue
         score = float(evaluator.evaluate(predicted))
         metrics["silhouette_by_k"][str(k)] = round(score, 6)
         if best is None or score > best[0]:
             best = (score, k, model, predicted)
     if best is None:
-        metrics.update(k=1, silhouette=None, note="K-means found one cluster for every k")
+        tried = metrics.get("collapsed_k", [])
+        metrics.update(k=1, silhouette=None, degraded_reason=(
+            f"K-means put every customer in one cluster for every k tried ({tried}) on "
+            f"{distinct}+ distinct customers: cluster is 0 for all, not a clustering"))
         return None, metrics
     score, k, model, predicted = best
     sizes = model.summary.clusterSizes
@@ -288,6 +302,8 @@ def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
                 try:
                     clusters, cluster_metrics = choose_clusters(
                         features, cfg.k_min, cfg.k_max, cfg.seed, cfg.max_iter, cfg.n_init)
+                    if "degraded_reason" in cluster_metrics:
+                        run.degrade(cluster_metrics.pop("degraded_reason"))
                     out = (rfm.withColumn("cluster", F.lit(0)) if clusters is None
                            else rfm.join(clusters, "customer_id", "left"))
                     rows = lake.publish(out, "mining/rfm", partition)
