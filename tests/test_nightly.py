@@ -75,7 +75,7 @@ def test_second_nightly_on_a_locked_lake_exits_at_once(spark, make_config, tmp_p
         code = main(["nightly", "--date", DATE, "--set", f"lake.root={config.lake.root}",
                      "input.generate_if_missing=false", f"input.transactions={tmp_path}/none.csv"])
     assert code == 75
-    assert "another nightly holds the lake lock" in capsys.readouterr().err
+    assert "another process holds the lake lock" in capsys.readouterr().err
     # a lock left by a dead process on this host is taken over
     lake.write_text(lake.lock_url(), json.dumps({"host": socket.gethostname(), "pid": 2 ** 22 + 7}))
     with lake.lock("me"):
@@ -172,3 +172,71 @@ def test_exit_codes_1_for_internal_failures_2_only_for_usage_and_input(spark, tm
     assert main(["rfm", "--date", "22/11/2026"]) == 2
     assert main(["rfm", *base, "rfm.no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+def test_an_error_taking_the_lock_is_1_not_locked(spark, tmp_path, capsys):
+    """The lock's folder cannot be made (a file stands where it should be, as a broken or
+    read-only store would refuse): exit 1 with the cause, not 75 "locked"."""
+    (tmp_path / "lake").mkdir()
+    (tmp_path / "lake" / "_lock").write_text("not a folder")
+    code = main(["nightly", "--date", DATE, "--set", f"lake.root={tmp_path / 'lake'}",
+                 "spark.ui_enabled=false", "input.generate_if_missing=false",
+                 f"input.transactions={tmp_path}/none.csv"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "could not take the lake lock" in err and "_lock/nightly.lock" in err
+    assert "holds the lake lock" not in err
+
+
+def test_lock_errors_other_than_an_existing_lock_are_errors(spark, tmp_path, monkeypatch):
+    """Storage that fails while the lock is created or read raises LakeLockError (the cause in
+    its message); only an existing lock of a live holder is LakeLocked."""
+    import pytest
+
+    from deepmine.lake import LakeLocked, LakeLockError
+    lake = Lake(spark, str(tmp_path / "lake"))
+    real_fs = Lake._fs
+
+    class Down:
+        def __init__(self, fs):
+            self.fs = fs
+
+        def __getattr__(self, name):
+            if name in ("create", "open"):
+                def fail(*args):
+                    raise OSError("storage unavailable: connection refused")
+                return fail
+            return getattr(self.fs, name)
+
+    monkeypatch.setattr(Lake, "_fs", lambda self, url: (Down(real_fs(self, url)[0]),
+                                                        real_fs(self, url)[1]))
+    with pytest.raises(LakeLockError, match="connection refused"):
+        with lake.lock("me"):
+            pass
+    monkeypatch.setattr(Lake, "_fs", real_fs)
+    with lake.lock("a live holder"):
+        monkeypatch.setattr(Lake, "_fs", lambda self, url: (Down(real_fs(self, url)[0]),
+                                                            real_fs(self, url)[1]))
+        with pytest.raises(LakeLockError, match="could not .*connection refused"):
+            with lake.lock("me"):
+                pass
+        monkeypatch.setattr(Lake, "_fs", real_fs)
+        with pytest.raises(LakeLocked, match="a live holder"):
+            with lake.lock("me"):
+                pass
+
+
+def test_stage_commands_that_write_take_the_lock(spark, tmp_path, capsys):
+    """Each stage command that writes the lake (what the Airflow DAG's tasks run) holds the lake's
+    lock: beside a running nightly it exits 75 before touching the lake."""
+    lake = Lake(spark, str(tmp_path / "lake"))
+    base = ["--date", DATE, "--set", f"lake.root={tmp_path / 'lake'}", "spark.ui_enabled=false"]
+    with lake.lock("nightly run_date=2026-11-22"):
+        for command in (["ingest", "--input", str(tmp_path / "none.csv")], ["rfm"], ["rules"],
+                        ["recommend"], ["features"], ["report"], ["train", "--model", "cnn"]):
+            assert main([*command, *base]) == 75, command
+            assert "nightly run_date=2026-11-22" in capsys.readouterr().err
+        assert lake.read_manifest(DATE)["stages"] == {}
+    from deepmine.cli import WRITES_LAKE, build_parser
+    stages = set(build_parser()._subparsers._group_actions[0].choices)  # every command
+    assert WRITES_LAKE == stages - {"nightly", "generate", "samples", "submit", "doctor"}

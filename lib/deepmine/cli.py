@@ -114,11 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that write the lake: each holds the lake's lock while it runs (as the nightly does), so
+# that a stage run by hand or by a scheduler's per-stage task never publishes beside a nightly.
+WRITES_LAKE = {"ingest", "train", *MINING_STAGES}
+
+
 def _with_session(args, work: Callable) -> int:
     config = load_config(args.conf, [x for group in args.set for x in group])
     from deepmine.spark import build_session
     spark = build_session(config)
-    return work(spark, config)
+    if args.command not in WRITES_LAKE:
+        return work(spark, config)
+    from deepmine.lake import Lake
+    with Lake(spark, config.lake.root).lock(f"{args.command} run_date={args.date}"):
+        return work(spark, config)
 
 
 def _stage_exit(spark, config, run_date: str, stage: str) -> int:
@@ -240,12 +249,15 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (2), or --help (0)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    from deepmine.lake import LakeLocked
+    from deepmine.lake import LakeLocked, LakeLockError
     try:
         return args.handler(args)
     except LakeLocked as e:
         print(f"deepmine {args.command}: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except LakeLockError as e:  # the lock could not be taken: an error, not "locked"
+        print(f"deepmine {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAILED
     except input_errors() as e:
         print(f"deepmine {args.command}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -184,44 +184,71 @@ class Lake:
 
     @contextlib.contextmanager
     def lock(self, holder: str):
-        """Hold the lake's nightly lock; LakeLocked at once if another process holds it.
+        """Hold the lake's lock; LakeLocked at once if another live process holds it.
 
         The lock is a file created with create-if-absent semantics. A lock left by a process
         that died on this same host is taken over; one from another host must be removed by hand
-        (its content says who and since when).
+        (its content says who and since when). Only an existing lock file means "locked": any
+        other failure while creating or reading it (permissions, storage down) is LakeLockError,
+        with the cause.
         """
         fs, path = self._fs(self.lock_url())
-        fs.mkdirs(path.getParent())
         text = json.dumps({"holder": holder, "host": socket.gethostname(), "pid": os.getpid(),
                            "since": _now()})
+        try:
+            fs.mkdirs(path.getParent())
+        except Exception as e:  # noqa: BLE001 - py4j wraps the Java IOException
+            raise LakeLockError(f"could not take the lake lock {self.lock_url()}: "
+                                f"{_java_message(e)}") from None
         if not self._create_new(fs, path, text):
             current = self._read_lock()
-            if current.get("host") == socket.gethostname() and not _pid_alive(current.get("pid")):
+            if current is not None and current.get("host") == socket.gethostname() \
+                    and not _pid_alive(current.get("pid")):
                 fs.delete(path, False)  # its owner died here without releasing it
-            if not self._create_new(fs, path, text):
-                raise LakeLocked(f"another nightly holds the lake lock {self.lock_url()}: "
-                                 f"{json.dumps(self._read_lock())}")
+                current = None
+            if current is None:  # released (or taken over) since: try once more
+                if not self._create_new(fs, path, text):
+                    current = self._read_lock() or {}
+            if current is not None:
+                raise LakeLocked(f"another process holds the lake lock {self.lock_url()}: "
+                                 f"{json.dumps(current)}")
         try:
             yield
         finally:
             fs.delete(path, False)
 
     def _create_new(self, fs, path, text: str) -> bool:
+        """Create the lock file; False if it already exists, LakeLockError on any other failure."""
         try:
             stream = fs.create(path, False)  # overwrite=False: fails if the file exists
-        except Exception:  # py4j wraps FileAlreadyExistsException
-            return False
+        except Exception as e:  # noqa: BLE001 - py4j wraps FileAlreadyExistsException
+            if "FileAlreadyExistsException" in _java_class(e) or fs.exists(path):
+                return False
+            raise LakeLockError(f"could not take the lake lock {self.lock_url()}: "
+                                f"{_java_message(e)}") from None
         try:
             stream.write(bytearray(text.encode("utf-8")))
         finally:
             stream.close()
         return True
 
-    def _read_lock(self) -> dict:
+    def _read_lock(self) -> dict | None:
+        """The lock's content; None when it vanished (released since); LakeLockError when it
+        cannot be read. Content that is not JSON (a holder that died mid-write) is shown raw."""
         try:
-            return json.loads(self.read_text(self.lock_url()))
-        except Exception:
-            return {}
+            fs, path = self._fs(self.lock_url())
+            if not fs.exists(path):
+                return None
+            text = self.read_text(self.lock_url())
+        except Exception as e:  # noqa: BLE001
+            if "FileNotFoundException" in _java_class(e):
+                return None
+            raise LakeLockError(f"could not read the lake lock {self.lock_url()}: "
+                                f"{_java_message(e)}") from None
+        try:
+            return json.loads(text)
+        except ValueError:
+            return {"content": text}
 
     # ------------------------------------------------------------------ manifest
     def manifest_url(self, run_date: str) -> str:
@@ -244,7 +271,30 @@ class Lake:
 
 
 class LakeLocked(RuntimeError):
-    """Another process holds the lake's nightly lock."""
+    """Another live process holds the lake's lock (exit code 75)."""
+
+
+class LakeLockError(RuntimeError):
+    """The lake's lock could not be created or read (exit code 1): an error, not a held lock."""
+
+
+def _java_class(e: BaseException) -> str:
+    """The Java exception's class name behind a py4j error ('' for a Python exception)."""
+    java = getattr(e, "java_exception", None)
+    try:
+        return str(java.getClass().getName()) if java is not None else type(e).__name__
+    except Exception:  # noqa: BLE001
+        return type(e).__name__
+
+
+def _java_message(e: BaseException) -> str:
+    java = getattr(e, "java_exception", None)
+    if java is not None:
+        try:
+            return f"{java.getClass().getName()}: {java.getMessage()}"
+        except Exception:  # noqa: BLE001
+            pass
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
 
 
 def _pid_alive(pid) -> bool:

@@ -5,6 +5,8 @@ The run date is Airflow's logical date (`{{ ds }}`). Each task runs the stage's 
 --files). Copy this file into your DAGs folder and set the Airflow Variables `deepmine_home`
 (the repository on the Airflow worker), `deepmine_master` and `deepmine_conf`.
 Ingest of ratings/images is left out: add tasks like `ingest` with `--entity` where you have them.
+Exit codes: 75 (the lake is locked) fails the task and Airflow retries it; 4 (done, but the stage is
+degraded: see the run's manifest) fails it too, so that it is seen.
 """
 from __future__ import annotations
 
@@ -30,7 +32,11 @@ with DAG(
     schedule="30 2 * * *",
     start_date=dt.datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,  # the lake lock would refuse a second one anyway
+    # Every task's command takes the lake's lock while it runs (deepmine.cli.WRITES_LAKE), as the
+    # nightly does: a task that meets a running nightly, or a task of another DAG run on the same
+    # lake, exits 75 at once and is retried. The lock serialises writers; it does not order them
+    # (that is this DAG's dependencies and max_active_runs=1).
+    max_active_runs=1,
     default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=10)},
     tags=["deepmine"],
 ) as dag:
