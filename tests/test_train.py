@@ -89,6 +89,9 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_cnn"]["metrics"]
     assert m["ranks"] == 2 and m["epochs_run"] == 1
+    assert (m["stop_reason"], m["best_epoch"], m["retries"], m["n_classes"]) == \
+        ("max_epochs", 0, 0, 10)
+    assert {"majority_class", "logistic_pixels"} <= set(m["baselines"])
     assert 0.3 < m["accuracy"] <= 1.0  # 10 synthetic shapes, one epoch: well above chance
     assert len(m["confusion_matrix"]) == 10
     assert sum(map(sum, m["confusion_matrix"])) == m["test_images"] == 200
@@ -342,3 +345,96 @@ def test_columnar_batches_equal_petastorms_own(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             assert a[key].dtype == b[key].dtype and torch.equal(a[key], b[key]), key
+
+
+def test_validation_mask_is_seeded_the_share_asked_and_shard_free():
+    from deepmine.trainer import validation_mask
+    ids = torch.arange(20000)
+    mask = validation_mask(ids, 0.1, seed=42)
+    assert abs(float(mask.float().mean()) - 0.1) < 0.01
+    # a row's fate depends on its id and the seed only, not on the batch it comes in
+    assert torch.equal(validation_mask(ids[5000:6000], 0.1, 42), mask[5000:6000])
+    assert not torch.equal(validation_mask(ids, 0.1, 43), mask)
+    assert not validation_mask(ids, 0.0, 42).any()
+
+
+def test_early_stop_keeps_the_best_and_counts_patience():
+    from deepmine.trainer import EarlyStop
+    stop = EarlyStop(patience=2, min_delta=0.01)
+    for epoch, loss in enumerate([1.0, 0.5, 0.498, 0.6]):  # 0.498: less than 1% better
+        stop.update(epoch, loss)
+    assert (stop.best_epoch, stop.best_loss, stop.since_best, stop.exhausted) == (1, 0.5, 2, True)
+    again = EarlyStop(2, 0.01, stop.state())  # from a checkpoint
+    assert again.state() == stop.state()
+    acc = EarlyStop(patience=3, min_delta=0.0)
+    for epoch, (loss, accuracy) in enumerate([(1.0, 0.5), (0.8, 0.7), (0.9, 0.7), (0.7, 0.7)]):
+        acc.update(epoch, loss, accuracy)
+    assert acc.best_epoch == 3 and acc.best_accuracy == 0.7  # a tie goes to the lower loss
+
+
+def test_failure_signals():
+    from deepmine.trainer import embedding_spread, largest_cluster_share, stalled
+    torch.manual_seed(0)
+    assert embedding_spread(torch.randn(500, 10) + 3) > 0.05  # 10 / (10 + 90)
+    assert embedding_spread(torch.ones(500, 10) * 7 + 1e-5 * torch.randn(500, 10)) < 1e-6
+    assert stalled(0.0326, 0.0286) and not stalled(0.01, 0.0286)
+    assert largest_cluster_share(torch.tensor([0] * 95 + [1] * 5), 4) == 0.95
+
+
+@pytest.mark.parametrize("kind", ["conv_dec", "dense_dec"])
+def test_image_autoencoders_standardize_and_reconstruct_in_data_units(kind):
+    """Built with the data's mean and spread, the network sees standardized input and its linear
+    output maps back: with zeroed weights the reconstruction is the mean itself."""
+    from deepmine.models import build
+    spec = {"kind": kind, "height": 8, "width": 8, "in_dim": 64, "hidden": [16], "output": "linear",
+            "embedding_dim": 3, "n_clusters": 2, "input_shift": 0.4, "input_scale": 0.2}
+    model = build(spec)
+    for p in model.parameters():
+        torch.nn.init.zeros_(p)
+    recon, z, q = model(torch.rand(5, 64))
+    assert torch.allclose(recon, torch.full((5, 64), 0.4)) and z.shape == (5, 3)
+    old = build({"kind": "conv_dec", "height": 8, "width": 8, "embedding_dim": 3, "n_clusters": 2})
+    assert old.autoencoder.output == "sigmoid"  # specs published before keep their output
+
+
+def test_input_stats_reads_every_value(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deepmine.train import input_stats
+    values = np.random.default_rng(0).random((30, 4)).astype(np.float32)
+    table = pa.table({"features": pa.ListArray.from_arrays(
+        pa.array(np.arange(0, 121, 4, dtype=np.int32)), pa.array(values.ravel()))})
+    pq.write_table(table, tmp_path / "a.parquet", row_group_size=7)
+    mean, std = input_stats([(tmp_path / "a.parquet").as_uri()])
+    assert abs(mean - values.mean()) < 1e-6 and abs(std - values.std()) < 1e-6
+
+
+def test_customer_truth_comes_from_the_ingested_input(tmp_path, make_config):
+    from deepmine.train import customer_truth_path
+    beside_config, ingested = tmp_path / "config_input", tmp_path / "ingested"
+    for folder in (beside_config, ingested):
+        folder.mkdir()
+        (folder / "transactions.csv").write_text("x\n")
+        (folder / "customers_truth.csv").write_text("customer_id,group\n")
+    config = make_config(f"input.transactions={beside_config / 'transactions.csv'}")
+    manifest = {"stages": {"ingest": {"counts": {"input": str(ingested / "transactions.csv")}}}}
+    assert customer_truth_path(config, manifest) == str(ingested / "customers_truth.csv")
+    as_url = {"stages": {"ingest": {"counts": {"input": (ingested / "transactions.csv").as_uri()}}}}
+    assert customer_truth_path(config, as_url) == str(ingested / "customers_truth.csv")
+    # nothing ingested for the run, or no truth beside what was: no truth at all
+    assert customer_truth_path(config, {"stages": {}}) == ""
+    (ingested / "customers_truth.csv").unlink()
+    assert customer_truth_path(config, manifest) == ""
+
+
+def test_pixel_baselines_on_separable_classes():
+    import numpy as np
+
+    from deepmine.train import pixel_baselines
+    rng = np.random.default_rng(0)
+    y = rng.choice(3, 400, p=[0.5, 0.3, 0.2])
+    x = (np.eye(3)[y] @ rng.random((3, 16)) + 0.05 * rng.random((400, 16))).astype(np.float32)
+    out = pixel_baselines(x[:300], y[:300], x[300:], y[300:], seed=0)
+    assert out["logistic_pixels"] > 0.9 and out["majority_class"] < 0.6

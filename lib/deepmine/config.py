@@ -181,15 +181,28 @@ class TrainConfig:
     launcher: Literal["spark", "horovodrun"] = "spark"  # horovod.spark.run, or a horovodrun process
     hosts: str = ""  # horovodrun -H (host:slots,...); empty = localhost:num_proc
     device: Literal["auto", "cpu", "cuda"] = "auto"  # auto = cuda when torch sees a GPU
-    epochs: int = 2  # CNN epochs
+    # Every model trains until its validation score stops improving (early stopping) within
+    # these bounds; the nightly stays quick through budget_seconds, not through a small epoch count
+    epochs: int = 30  # CNN: most epochs
+    patience: int = 3  # epochs without a better validation score before a phase stops
+    min_delta: float = 0.001  # a validation loss must fall by this share to count as better
+    validation_fraction: float = 0.1  # of the training rows, held out (seeded by row_id and seed)
+    # wall-clock seconds per model and attempt (pretraining gets 0.6 of it when DEC follows);
+    # the epoch that would overrun it is not started. 0 = no limit
+    budget_seconds: float = 120.0
+    # a failed attempt (NaN loss, a loss stuck at a learned-nothing model's, collapsed embeddings,
+    # one cluster holding >90% of rows) starts again from a fresh initialization at
+    # recovery_lr_factor times the learning rate, up to max_retries times; then it is degraded
+    max_retries: int = 2
+    recovery_lr_factor: float = 0.3
     batch_size: int = 128  # per rank
     lr: float = 0.001  # per rank; multiplied by num_proc (Adam)
     seed: int = 42  # weights, shuffling, K-means init: same data + seed -> same model
     reader_pool: Literal["dummy", "thread"] = "dummy"  # dummy: deterministic row-group order
     shuffle_buffer: int = 2048  # rows in the batched loader's shuffling buffer (0 = no row shuffle)
     # deep clustering (autoencoder): pretrain, K-means on embeddings, then DEC/IDEC refinement
-    pretrain_epochs: int = 3  # images
-    customer_pretrain_epochs: int = 50  # customers: small table, many cheap epochs
+    pretrain_epochs: int = 30  # images: most pretraining epochs (early stopping ends it sooner)
+    customer_pretrain_epochs: int = 100  # customers: small table, many cheap epochs
     customer_batch_size: int = 32  # per rank; small, for enough steps on a few thousand rows
     # denoising pretraining: std of the Gaussian noise added to the inputs (the target stays clean).
     # On the standardized customer vector 0.3 made the embedding keep the planted groups for every

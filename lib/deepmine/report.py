@@ -226,6 +226,57 @@ def section_recommend(ctx: "ReportContext") -> Section | None:
     return "Recommendations", body
 
 
+def _training_gate(rec: dict, metrics: dict) -> str:
+    """The model beside its baseline, its status and how training ended."""
+    parts = [f"status <b>{html.escape(str(rec.get('status', '?')))}</b>"]
+    baselines = metrics.get("baselines") or {}
+    if metrics.get("accuracy") is not None and baselines:
+        parts.append(f"test accuracy {_fmt(metrics['accuracy'])} against majority class "
+                     f"{_fmt(baselines.get('majority_class'))} and logistic regression on pixels "
+                     f"{_fmt(baselines.get('logistic_pixels'))}")
+    km = metrics.get("kmeans_baseline") or {}
+    if metrics.get("cluster_acc") is not None and km:
+        parts.append(f"cluster_acc {_fmt(metrics['cluster_acc'])} against K-means on the raw "
+                     f"vectors {_fmt(km.get('cluster_acc'))}")
+    if metrics.get("stop_reason"):
+        parts.append(f"stopped: {html.escape(str(metrics['stop_reason']))} after "
+                     f"{metrics.get('epochs_run')} epochs (best {metrics.get('best_epoch')}), "
+                     f"retries {metrics.get('retries', 0)}")
+    for reason in rec.get("degraded_reasons", []):
+        parts.append(f"degraded: {html.escape(str(reason))}")
+    return "<p>" + "<br>".join(parts) + "</p>"
+
+
+def _training_curves(name: str, hist: pd.DataFrame) -> str:
+    """One panel per quantity: losses (log scale), accuracies, throughput."""
+    x = hist["epoch"] if "epoch" in hist else np.arange(len(hist))
+    numeric = [c for c in hist.columns if c != "epoch" and pd.api.types.is_numeric_dtype(hist[c])]
+    panels = [("loss (log scale)", [c for c in numeric if c.endswith("loss")], True),
+              ("accuracy", [c for c in numeric if "accuracy" in c or c == "assignments_changed"],
+               False),
+              ("samples/s", [c for c in numeric if c == "samples_per_s"], False)]
+    panels = [p for p in panels if p[1]]
+    if not panels:
+        return ""
+    fig, axes = _figure(3.3 * len(panels), 3)
+    fig.clf()
+    for i, (title, columns, log) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for col in columns:
+            values = hist[col].astype(float)
+            if log:
+                values = values.where(values > 0)
+            ax.plot(x, values, marker="o", label=col)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"{name}: training curves", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
 def section_training(ctx: "ReportContext") -> Section | None:
     body = ""
     for name, rec in ctx.manifest.get("stages", {}).items():
@@ -236,18 +287,10 @@ def section_training(ctx: "ReportContext") -> Section | None:
         body += f"<h3>{html.escape(name)}</h3>"
         if scalars:
             body += "<p>" + ", ".join(f"{html.escape(k)} = {_fmt(v)}" for k, v in scalars.items()) + "</p>"
+        body += _training_gate(rec, metrics)
         history = metrics.get("history")
         if isinstance(history, list) and history and isinstance(history[0], dict):
-            hist = pd.DataFrame(history)
-            fig, ax = _figure(6.5, 3)
-            x = hist["epoch"] if "epoch" in hist else np.arange(len(hist))
-            for col in hist.columns:
-                if col != "epoch" and pd.api.types.is_numeric_dtype(hist[col]):
-                    ax.plot(x, hist[col], marker="o", label=col)
-            ax.set_xlabel("epoch")
-            ax.legend()
-            ax.set_title(f"{name}: training curves")
-            body += _png(fig)
+            body += _training_curves(name, pd.DataFrame(history))
         matrix = metrics.get("confusion_matrix")
         if matrix:
             m = np.array(matrix)

@@ -13,8 +13,14 @@ One stage per model (manifest names `train_cnn`, `train_autoencoder_customers`,
 3. batch inference over the whole feature table with Spark -> `predictions/<model>/run_date=D`;
 4. metrics into the manifest: CNN test accuracy, confusion matrix and int8 accuracy; for deep
    clustering cluster_acc / nmi / ari against the known groups (image labels, or the generator's
-   planted customer groups) beside plain K-means on the same vectors, K-means on the pretrained
-   embeddings (DEC's starting point) and, for customers, the RFM stage's K-means.
+   planted customer groups beside the input the run's ingest stage read) beside plain K-means on
+   the same vectors, K-means on the pretrained embeddings (DEC's starting point) and, for
+   customers, the RFM stage's K-means; how training ended (epochs run, best epoch, stop reason,
+   every attempt with its failure);
+5. the quality gate: the stage is `degraded` (published, with the reasons in the manifest) when
+   training failed on every attempt, when the CNN does not beat the majority class or falls below
+   logistic regression on the pixels of the same split, or when deep clustering falls below
+   K-means on the raw vectors (or one cluster holds almost every row).
 """
 from __future__ import annotations
 
@@ -35,7 +41,7 @@ from pyspark.sql import functions as F
 from deepmine.config import Config, ConfigError
 from deepmine.lake import Lake, StageRun
 from deepmine.loader import parquet_parts, split_urls
-from deepmine.trainer import CheckpointStore, TrainArgs, state_dict_bytes
+from deepmine.trainer import COLLAPSE_SHARE, CheckpointStore, TrainArgs, state_dict_bytes
 
 MODELS = ("autoencoder", "cnn")
 TARGETS = ("customers", "images")
@@ -79,13 +85,24 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
                               f"epoch within train.{prefix}dec_max_epochs ({most}); expected fewer")
     rows = sum(p.rows for p in parts)
     row_groups = sum(1 for p in parts for n in p.row_group_rows if n)
+    if not 0 <= t.validation_fraction < 1:
+        raise ConfigError("config key 'train.validation_fraction': expected a share in [0, 1), "
+                          f"found {t.validation_fraction}")
+    for key in ("patience", "max_retries", "budget_seconds"):
+        if getattr(t, key) < 0:
+            raise ConfigError(f"config key 'train.{key}': expected >= 0, found {getattr(t, key)}")
     common = dict(name=name, checkpoint_dir=checkpoint_dir, batch_size=t.batch_size, lr=t.lr,
                   seed=t.seed, device=t.device, reader_pool=t.reader_pool,
-                  shuffle_buffer=t.shuffle_buffer, log_prefix=f"[train_{name}]")
+                  shuffle_buffer=t.shuffle_buffer, log_prefix=f"[train_{name}]",
+                  patience=t.patience, min_delta=t.min_delta,
+                  validation_fraction=t.validation_fraction, budget_seconds=t.budget_seconds,
+                  max_retries=t.max_retries, recovery_lr_factor=t.recovery_lr_factor)
     h, w = config.images.height, config.images.width
     if name == "cnn":
         train_files, test_files = split_urls(parts, "train"), split_urls(parts, "test")
-        args = TrainArgs(task="cnn", spec={"kind": "cnn", "height": h, "width": w, "n_classes": 10},
+        n_classes = _class_count(train_files)
+        args = TrainArgs(task="cnn", spec={"kind": "cnn", "height": h, "width": w,
+                                           "n_classes": n_classes},
                          train_urls=train_files, eval_urls=test_files, epochs=t.epochs, **common)
         needed = len(train_files)
     else:
@@ -96,7 +113,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
                     "embedding_dim": t.customer_embedding_dim, "n_clusters": t.customer_clusters,
                     "alpha": t.dec_alpha}
         else:
-            spec = image_autoencoder_spec(config)
+            spec = image_autoencoder_spec(config, *input_stats(split_urls(parts)))
         if customers:
             common["batch_size"] = t.customer_batch_size
         args = TrainArgs(
@@ -125,19 +142,62 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     return args
 
 
-def image_autoencoder_spec(config: Config) -> dict:
+def image_autoencoder_spec(config: Config, input_shift: float = 0.0,
+                           input_scale: float = 1.0) -> dict:
     """The image deep-clustering model's spec (`models.build`), by `train.image_autoencoder`.
     Both kinds carry the image size: the augmentations need it; with `train.contrastive_weight`
-    the model carries a projection head for the pretraining's consistency loss."""
+    the model carries a projection head for the pretraining's consistency loss. Both standardize
+    their input by the training data's mean and standard deviation (`input_stats`) and
+    reconstruct through a linear output (models/autoencoder.py says why)."""
     t, images = config.train, config.images
     spec = {"height": images.height, "width": images.width, "embedding_dim": t.embedding_dim,
-            "n_clusters": t.image_clusters, "alpha": t.dec_alpha}
+            "n_clusters": t.image_clusters, "alpha": t.dec_alpha,
+            "input_shift": round(float(input_shift), 6), "input_scale": round(float(input_scale), 6)}
     if t.contrastive_weight:
         spec["projection_dim"] = PROJECTION_DIM
     if t.image_autoencoder == "dense":
         return {"kind": "dense_dec", "in_dim": images.height * images.width,
                 "hidden": list(IMAGE_DENSE_HIDDEN), **spec}
-    return {"kind": "conv_dec", **spec}
+    return {"kind": "conv_dec", "output": "linear", **spec}
+
+
+def input_stats(urls: list[str]) -> tuple[float, float]:
+    """(mean, standard deviation) of every value of the `features` column in `urls` (pyarrow, one
+    row group at a time); the standard deviation is at least 1e-3 (a constant image set)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    total = squares = count = 0.0
+    for url in urls:
+        fs, path = pafs.FileSystem.from_uri(url)
+        with fs.open_input_file(path) as f:
+            pfile = pq.ParquetFile(f)
+            for g in range(pfile.num_row_groups):
+                values = pfile.read_row_group(g, columns=["features"]).column(0).combine_chunks()
+                flat = values.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+                total, squares, count = total + flat.sum(), squares + (flat ** 2).sum(), \
+                    count + flat.size
+    if not count:
+        return 0.0, 1.0
+    mean = total / count
+    return mean, max(float(np.sqrt(max(squares / count - mean ** 2, 0.0))), 1e-3)
+
+
+def _class_count(urls: list[str]) -> int:
+    """Classes the CNN predicts: the largest label of the training files + 1 (at least 2; -1,
+    unknown, does not count). No labelled training image is an error: there is nothing to learn."""
+    import pyarrow.compute as pc
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+    largest = -1
+    for url in urls:
+        fs, path = pafs.FileSystem.from_uri(url)
+        with fs.open_input_file(path) as f:
+            top = pc.max(pq.ParquetFile(f).read(columns=["label"]).column(0)).as_py()
+        largest = max(largest, -1 if top is None else int(top))
+    if largest < 0:
+        raise ValueError("--model cnn: no labelled training image (every label is -1, unknown); "
+                         "the CNN needs labels: cluster unlabelled images with --model autoencoder")
+    return max(largest + 1, 2)
 
 
 def _vector_length(parts) -> int:
@@ -194,12 +254,21 @@ def publish_model_files(lake: Lake, name: str, run_date: str, files: dict[str, b
     return lake.publish_files(f"models/{name}", f"run_date={run_date}", files)
 
 
-def customer_truth_path(config: Config) -> str:
+def customer_truth_path(config: Config, manifest: dict) -> str:
+    """The planted groups of the customers actually trained on: `train.customer_truth` when set,
+    else the generator's customers_truth.csv beside the input this run's ingest stage read (its
+    `input` count in the manifest); "" when there is none. Never the file beside
+    `input.transactions`: a run fed another input with --input would be scored against groups
+    of customers it never saw."""
     if config.train.customer_truth:
         return config.train.customer_truth
-    if config.input.transactions:
-        return str(Path(config.input.transactions).parent / "customers_truth.csv")
-    return ""
+    ingested = str(manifest.get("stages", {}).get("ingest", {}).get("counts", {}).get("input") or "")
+    if not ingested or "://" in ingested.replace("file://", ""):
+        return ""  # nothing ingested for the run, or not a local file: no truth to read
+    local = Path(ingested[7:] if ingested.startswith("file://") else
+                 ingested[5:] if ingested.startswith("file:") else ingested)
+    candidate = (local if local.is_dir() else local.parent) / "customers_truth.csv"
+    return str(candidate) if candidate.exists() else ""
 
 
 # --------------------------------------------------------------------------- stage
@@ -233,19 +302,38 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         rows = lake.publish(predictions, f"predictions/{name}", partition)
         published = lake.read(f"predictions/{name}", partition)
 
+        summary = final.get("summary", {})
         if name == "cnn":
-            metrics, extra_files = _cnn_metrics(args, final, features, published, config)
+            metrics, extra_files, reasons = _cnn_metrics(args, final, features, published, config)
         else:
-            metrics, extra_files = _clustering_metrics(args, final, features, published, config,
-                                                       lake, partition, target)
+            manifest = lake.read_manifest(run_date)
+            metrics, extra_files, reasons = _clustering_metrics(
+                args, final, features, published, config, lake, partition, target, manifest)
+        if summary.get("failure"):
+            tried = summary.get("attempts", [])
+            reasons.insert(0, f"training failed ({summary['failure']}) on all {len(tried)} "
+                              f"attempts: " + "; ".join(
+                                  f"lr {a['lr']:g} seed {a['seed']}: {a.get('failure')}"
+                                  for a in tried))
+        for reason in reasons:
+            run.degrade(reason)
         train_seconds = sum(h.get("seconds", 0.0) for h in history)
         train_samples = sum(h.get("samples", 0) for h in history)
         metrics.update(
             spec=args.spec, epochs_run=len(history), ranks=config.train.num_proc,
             launcher=config.train.launcher,
+            best_epoch=summary.get("best_epoch"), stop_reason=summary.get("stop_reason"),
+            pretrain_stop_reason=summary.get("pretrain_stop_reason"),
+            failure=summary.get("failure"), retries=max(len(summary.get("attempts", [])) - 1, 0),
+            attempts=summary.get("attempts", []),
+            budget_seconds=config.train.budget_seconds,
             train_seconds=round(train_seconds, 3),
             train_samples_per_s=round(train_samples / train_seconds, 1) if train_seconds else None,
             history=history)
+        if name != "cnn":
+            metrics["pretrain_epochs_run"] = summary.get("pretrain_epochs_run")
+        else:
+            metrics.pop("pretrain_stop_reason")
         files = {"weights.pt": weights, "spec.json": json.dumps(args.spec, indent=1).encode(),
                  "metrics.json": json.dumps(metrics, indent=1, default=float).encode(),
                  **extra_files}
@@ -259,12 +347,47 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
     return {**run.counts, "metrics": run.metrics}
 
 
+BASELINE_TRAIN_ROWS = 10000  # training rows the pixel baseline fits on (the first by row_id: seeded)
+
+
+def pixel_baselines(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
+                    test_y: np.ndarray, seed: int) -> dict[str, Any]:
+    """Test accuracy of the two baselines a CNN must beat on the same split: the majority class of
+    the training labels, and multinomial logistic regression on the standardized pixels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    labels, counts = np.unique(train_y, return_counts=True)
+    majority = labels[counts.argmax()]
+    out: dict[str, Any] = {"majority_class": round(float((test_y == majority).mean()), 6),
+                           "baseline_train_rows": int(len(train_y))}
+    if len(labels) > 1:
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=0.1,
+                                                                   random_state=seed))
+        model.fit(train_x, train_y)
+        out["logistic_pixels"] = round(float((model.predict(test_x) == test_y).mean()), 6)
+    return out
+
+
+def _labelled(frame, split: str, limit: int = 0):
+    rows = frame.where((F.col("split") == split) & (F.col("label") >= 0))
+    if limit:
+        rows = rows.where(F.col("row_id") < limit)  # row_ids are in a seeded hash order
+    pdf = rows.select("features", "label").toPandas()
+    x = np.stack(pdf["features"].to_numpy()).astype(np.float32) if len(pdf) else np.zeros((0, 0))
+    return x, pdf["label"].to_numpy()
+
+
 def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Config):
+    """(metrics, extra files, degrade reasons): test accuracy, the confusion matrix, the int8
+    model, and the quality gate: the CNN must beat the majority class and match logistic
+    regression on the pixels of the same split."""
     import torch
     from deepmine.export import accuracy, quantize_int8, torchscript_bytes
     from deepmine.metrics import confusion_matrix
     from deepmine.models import build
 
+    n_classes = args.spec["n_classes"]
     joined = (predictions.join(features.select("image_id", "label", "split"), "image_id")
               .where(F.col("label") >= 0))
     test = joined.where(F.col("split") == "test").select("label", "predicted_label").toPandas()
@@ -275,7 +398,8 @@ def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Co
         if len(test) else None,
         "train_accuracy": round(float(train_acc), 6) if train_acc is not None else None,
         "test_images": int(len(test)),
-        "confusion_matrix": confusion_matrix(test["label"], test["predicted_label"], 10)
+        "n_classes": n_classes,
+        "confusion_matrix": confusion_matrix(test["label"], test["predicted_label"], n_classes)
         if len(test) else [],
     }
     model = build(args.spec)
@@ -283,22 +407,43 @@ def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Co
     model.eval()
     example = torch.zeros(2, args.spec["height"] * args.spec["width"])
     files = {"model.torchscript.pt": torchscript_bytes(model, example)}
-    if config.train.quantize and len(test):
-        rows = features.where(F.col("split") == "test").where(F.col("label") >= 0) \
-            .select("features", "label").toPandas()
-        x = np.stack(rows["features"].to_numpy()).astype(np.float32)
-        y = rows["label"].to_numpy()
+    reasons: list[str] = []
+    if not len(test):
+        metrics["gate"] = "no labelled test image: accuracy and the baselines not measured"
+        reasons.append("no labelled test image: the CNN's accuracy is unmeasured")
+        return metrics, files, reasons
+    x, y = _labelled(features, "test")
+    train_x, train_y = _labelled(features, "train", BASELINE_TRAIN_ROWS)
+    baselines = pixel_baselines(train_x, train_y, x, y, config.train.seed)
+    metrics["baselines"] = baselines
+    accuracy_now = metrics["accuracy"]
+    metrics["gate"] = "accuracy above the majority class and at least logistic regression's"
+    if accuracy_now <= baselines["majority_class"]:
+        reasons.append(f"CNN test accuracy {accuracy_now:.4f} does not beat the majority "
+                       f"class's {baselines['majority_class']:.4f}")
+    if "logistic_pixels" in baselines and accuracy_now < baselines["logistic_pixels"]:
+        reasons.append(f"CNN test accuracy {accuracy_now:.4f} is below logistic regression on "
+                       f"the pixels ({baselines['logistic_pixels']:.4f}, same split)")
+    if config.train.quantize:
         int8 = quantize_int8(model)
         metrics["accuracy_float_driver"] = round(accuracy(model, x, y), 6)
         metrics["accuracy_int8"] = round(accuracy(int8, x, y), 6)
         files["model_int8.torchscript.pt"] = torchscript_bytes(int8, example)
         metrics["bytes_float"] = len(files["model.torchscript.pt"])
         metrics["bytes_int8"] = len(files["model_int8.torchscript.pt"])
-    return metrics, files
+    return metrics, files, reasons
+
+
+SILHOUETTE_ROWS = 5000  # rows the internal measure is computed on (a seeded sample)
 
 
 def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, config: Config,
-                        lake: Lake, partition: str, target: str):
+                        lake: Lake, partition: str, target: str, manifest: dict):
+    """(metrics, extra files, degrade reasons). Where known groups exist (image labels; the
+    generator's planted customer groups beside the ingested input) the deep clustering is scored
+    against them beside plain K-means on the raw vectors, and must reach K-means' cluster_acc.
+    Without them, the silhouette (raw vectors, both clusterings) is recorded; it is not a gate:
+    K-means optimizes compactness in that very space, so it would win by construction."""
     import pandas as pd
     import torch
     from deepmine.export import torchscript_bytes
@@ -315,30 +460,42 @@ def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, con
         metrics["last_assignments_changed"] = changed[-1]
     sizes = predictions.groupBy("cluster").count().collect()
     metrics["cluster_sizes"] = {str(r["cluster"]): int(r["count"]) for r in sorted(sizes)}
+    reasons: list[str] = []
+    total = sum(metrics["cluster_sizes"].values())
+    largest = max(metrics["cluster_sizes"].values(), default=0)
+    if n_clusters > 1 and total and largest / total > COLLAPSE_SHARE:
+        reasons.append(f"one cluster holds {largest / total:.1%} of the {total} rows")
 
-    rows = features.select(id_column, "row_id", "features",
-                           *(["label"] if target == "images" else [])).toPandas()
+    everything = features.select(id_column, "row_id", "features",
+                                 *(["label"] if target == "images" else [])).toPandas()
+    rows = everything
     if target == "images":
         rows = rows[rows["label"] >= 0]
         truth_note = "image labels"
     else:
-        path = customer_truth_path(config)
+        path = customer_truth_path(config, manifest)
         if not path or not Path(path).exists():
             rows = rows.iloc[0:0]
-            truth_note = f"no planted customer groups found ({path or 'train.customer_truth unset'})"
+            truth_note = ("no planted customer groups beside the ingested input "
+                          f"({path or 'none found; train.customer_truth unset'}): no truth metrics")
         else:
             truth = pd.read_csv(path, usecols=["customer_id", "group"], dtype=str)
             rows = rows.merge(truth.rename(columns={"group": "label"}), on="customer_id")
             truth_note = f"planted groups from {path}"
     metrics["truth"] = truth_note
     metrics["scored_rows"] = int(len(rows))
+    pred = predictions.select(id_column, "cluster").toPandas()
     if len(rows):
-        pred = predictions.select(id_column, "cluster").toPandas()
         scored = rows.merge(pred, on=id_column)
         metrics.update(clustering_scores(scored["label"], scored["cluster"]))
         vectors = np.stack(rows["features"].to_numpy())
         metrics["kmeans_baseline"] = kmeans_baseline(vectors, rows["label"], n_clusters, t.seed,
                                                      t.kmeans_n_init)
+        metrics["gate"] = "cluster_acc at least K-means' on the raw vectors (same rows, same k)"
+        if metrics["cluster_acc"] < metrics["kmeans_baseline"]["cluster_acc"]:
+            reasons.append(f"deep clustering cluster_acc {metrics['cluster_acc']:.4f} is below "
+                           f"K-means on the raw vectors "
+                           f"({metrics['kmeans_baseline']['cluster_acc']:.4f})")
         init = final.get("init_assign")
         if init is not None:
             init = init.numpy()
@@ -351,8 +508,28 @@ def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, con
             both = rows.merge(rfm, on="customer_id")
             metrics["rfm_kmeans"] = {**clustering_scores(both["label"], both["cluster"]),
                                      "k": int(both["cluster"].nunique())}
+    elif len(everything) > n_clusters:
+        metrics.update(_silhouettes(everything.merge(pred, on=id_column), n_clusters, t))
+        metrics["gate"] = ("no known groups: only collapse is checked; silhouettes recorded, "
+                           "not compared (K-means optimizes the raw-space one)")
     model = build(args.spec)
     model.load_state_dict(final["model"])
     dim = args.spec.get("in_dim") or args.spec["height"] * args.spec["width"]
     files = {"model.torchscript.pt": torchscript_bytes(model, torch.zeros(2, dim))}
-    return metrics, files
+    return metrics, files, reasons
+
+
+def _silhouettes(scored, n_clusters: int, t) -> dict[str, Any]:
+    """Silhouette on the raw vectors of the deep clusters and of K-means' (a seeded sample)."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    sample = scored.sample(min(len(scored), SILHOUETTE_ROWS), random_state=t.seed)
+    vectors = np.stack(sample["features"].to_numpy()).astype(np.float64)
+    kmeans = KMeans(n_clusters=n_clusters, n_init=t.kmeans_n_init,
+                    random_state=t.seed).fit_predict(vectors)
+
+    def silhouette(labels) -> float | None:
+        return round(float(silhouette_score(vectors, labels)), 6) \
+            if 1 < len(set(labels)) < len(labels) else None
+    return {"silhouette": silhouette(sample["cluster"].to_numpy()),
+            "kmeans_baseline": {"silhouette": silhouette(kmeans)}}

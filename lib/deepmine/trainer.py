@@ -9,8 +9,9 @@ broadcasts parameters and optimizer state from rank 0, wraps the optimizer in
 writes checkpoints (every epoch) under `args.checkpoint_dir`.
 
 Tasks:
-  cnn   cross-entropy on the `train` files; test accuracy after every epoch.
-  dec   deep clustering: `pretrain_epochs` of reconstruction; then cluster centres from the
+  cnn   cross-entropy on the labelled rows of the `train` files (a label of -1, unknown, is for
+        clustering and scoring only); test accuracy after every epoch.
+  dec   deep clustering: up to `pretrain_epochs` of reconstruction; then cluster centres from the
         embeddings of every row (gathered on rank 0): K-means on them (`dec_init` kmeans), or
         a Gaussian mixture on their UMAP manifold with each centre the mean embedding of its
         cluster (`dec_init` umap, the manifold step of N2D, McConville et al. 2020); then
@@ -24,6 +25,27 @@ Tasks:
         input is shifted by up to that many pixels, as DEC-DA does (Guo et al. 2018); the
         target P comes from the clean images.
 
+Train until learned, within a budget. A seeded `validation_fraction` of the training rows (by a
+hash of row_id and seed, the same on every rank and every epoch) is held out of the gradient. The
+CNN and the autoencoder's pretraining are scored on it after every epoch (CNN: accuracy, ties to
+the lower loss; pretraining: reconstruction loss); each stops when the score has not improved for
+`patience` epochs, at its most epochs, or when the next epoch would overrun `budget_seconds`
+(pretraining gets PRETRAIN_BUDGET_SHARE of it, DEC the rest), and goes on from its best epoch's
+weights. DEC/IDEC's own epochs have no fixed objective to validate (the target moves every epoch):
+they stop on `dec_tolerance`, `dec_max_epochs` or the budget. The summary (`summary` in the final
+checkpoint) says how many epochs ran, the best epoch and why each phase stopped.
+
+Detect failure, then recover. An attempt fails when a loss is not finite (`nan_loss`), when the
+validation loss stopped improving (patience ran out) no better than STALL_RATIO x the loss of a
+model that learned nothing (`stalled`: the mean row for an autoencoder, the class
+frequencies for the CNN), when the
+embeddings of every row have (near) zero spread (`embedding_collapsed`), or when one cluster holds
+more than COLLAPSE_SHARE of the rows (`one_cluster`). Then, up to `max_retries` times, it starts
+again from a fresh initialization (seed + RETRY_SEED_STEP x attempt) at `recovery_lr_factor` times
+the previous learning rate, with a fresh budget; every attempt is in the summary (`attempts`) and
+the log. After the last retry the last attempt is kept with its `failure` named: the stage
+publishes it as degraded.
+
 Ranks in lockstep: every step is an allreduce, so every rank must take the same number of steps.
 Row groups are equal to within a row, but a rank can still end up with one batch more than
 another; before each step the ranks agree (a one-int allreduce) whether anyone still has data,
@@ -32,12 +54,14 @@ and a rank that has run out takes a zero-gradient step. No row is dropped or rea
 Resume: the newest checkpoint whose input fingerprint matches is loaded (on rank 0, broadcast to
 the others) and training continues with the next epoch. Everything random is re-seeded at each
 epoch from (seed, epoch, rank) and the reader's order is fixed by (seed, epoch), so a resumed run
-retraces the uninterrupted one: same final weights.
+retraces the uninterrupted one: same final weights (a stop on `budget_seconds` is the one
+decision taken from the clock; the time already spent is in the checkpoint).
 """
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import sys
@@ -63,8 +87,14 @@ class TrainArgs:
     checkpoint_dir: str  # URL; rank 0 writes epoch-NNNN.pt there
     eval_urls: list[str] = field(default_factory=list)  # cnn: the test files
     n_rows: int = 0  # dec: rows in train_urls (row_id is 0..n_rows-1)
-    epochs: int = 2
-    pretrain_epochs: int = 3
+    epochs: int = 30  # cnn: most epochs (early stopping usually ends it sooner)
+    pretrain_epochs: int = 30  # dec: most pretraining epochs
+    patience: int = 3  # epochs without a better validation score before a phase stops
+    min_delta: float = 0.001  # a validation loss must fall by this share to count as better
+    validation_fraction: float = 0.1  # of the training rows, held out of the gradient (seeded)
+    budget_seconds: float = 0.0  # wall-clock seconds of training per attempt; 0 = no limit
+    max_retries: int = 2  # fresh starts after a detected failure
+    recovery_lr_factor: float = 0.3  # each retry's learning rate: the previous one's times this
     pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
     augment_shift: int = 0  # dec on images: random shift of up to this many pixels per input
     contrastive_weight: float = 0.0  # dec on images: NT-Xent of two views beside reconstruction
@@ -237,11 +267,105 @@ def _step(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> N
     opt.step()
 
 
+# --------------------------------------------------------------------------- stopping and failure
+
+PRETRAIN_BUDGET_SHARE = 0.6  # of budget_seconds, for pretraining when DEC epochs follow it
+STALL_RATIO = 0.9  # best validation loss at or above this share of the learned-nothing loss
+# embedding variance / mean squared norm below this: collapsed (a dead image autoencoder measured
+# 3e-4 to 4e-4, healthy ones 0.5 to 0.95)
+EMBEDDING_SPREAD_MIN = 1e-3
+COLLAPSE_SHARE = 0.9  # one cluster holding more than this share of the rows: collapsed
+RETRY_SEED_STEP = 1009  # a retry's weights come from seed + RETRY_SEED_STEP x attempt
+
+
+def validation_mask(row_id: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """True for the rows held out for validation: a multiplicative hash of (row_id, seed) below
+    `fraction` of its range. The same rows on every rank and every epoch, whatever the shard."""
+    if fraction <= 0:
+        return torch.zeros(row_id.shape, dtype=torch.bool)
+    h = ((row_id.long() + seed * 7919) * 2654435761) % (2 ** 32)
+    return h.double() / 2 ** 32 < fraction
+
+
+class EarlyStop:
+    """The best validation score so far, its epoch and the epochs since; `better` for a lower loss
+    (by `min_delta` of it) or, with `accuracy`, a higher accuracy (ties: the lower loss)."""
+
+    def __init__(self, patience: int, min_delta: float, state: dict | None = None):
+        self.patience, self.min_delta = patience, min_delta
+        s = state or {}
+        self.best_loss = s.get("best_loss", math.inf)
+        self.best_accuracy = s.get("best_accuracy", -math.inf)
+        self.best_epoch = s.get("best_epoch", -1)
+        self.since_best = s.get("since_best", 0)
+
+    def update(self, epoch: int, loss: float, accuracy: float | None = None) -> bool:
+        if accuracy is not None:
+            better = accuracy > self.best_accuracy or (
+                accuracy == self.best_accuracy and loss < self.best_loss)
+        else:
+            better = loss < self.best_loss * (1 - self.min_delta) if math.isfinite(
+                self.best_loss) else math.isfinite(loss)
+        if better:
+            self.best_loss, self.best_epoch, self.since_best = loss, epoch, 0
+            if accuracy is not None:
+                self.best_accuracy = accuracy
+        else:
+            self.since_best += 1
+        return better
+
+    @property
+    def exhausted(self) -> bool:
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def state(self) -> dict:
+        return {"best_loss": self.best_loss, "best_accuracy": self.best_accuracy,
+                "best_epoch": self.best_epoch, "since_best": self.since_best}
+
+
+def stalled(best_loss: float, trivial_loss: float) -> bool:
+    """The best validation loss is no better than STALL_RATIO of a model that learned nothing."""
+    return trivial_loss > 0 and best_loss >= STALL_RATIO * trivial_loss
+
+
+def embedding_spread(z: torch.Tensor) -> float:
+    """Total variance of the embeddings over their mean squared norm (scale-free; 0 = one point)."""
+    z = z.double()
+    return float(z.var(0, unbiased=False).sum() / (z.pow(2).sum(1).mean() + 1e-12))
+
+
+def largest_cluster_share(assign: torch.Tensor, n_clusters: int) -> float:
+    if len(assign) == 0:
+        return 0.0
+    return float(torch.bincount(assign.long(), minlength=n_clusters).max()) / len(assign)
+
+
+def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+def _out_of_time(r: "Rank", budget: float, elapsed: float, epoch_seconds: float) -> bool:
+    """Would one more epoch overrun `budget` (0 = none)? Agreed by every rank (clocks differ)."""
+    if budget <= 0:
+        return False
+    return r.sum([1.0 if elapsed + epoch_seconds > budget else 0.0], "budget").item() > 0
+
+
+def _finite(*values: float) -> bool:
+    return all(math.isfinite(v) for v in values)
+
+
 # --------------------------------------------------------------------------- entry
+
+def attempt_settings(args: TrainArgs, attempt: int) -> tuple[float, int]:
+    """(learning rate per rank, weight seed) of attempt 0, 1, ...: the documented recovery."""
+    return args.lr * args.recovery_lr_factor ** attempt, args.seed + RETRY_SEED_STEP * attempt
+
 
 def train(args: TrainArgs | dict) -> dict[str, Any]:
     """Run on every rank. Returns a summary (rank 0: the history; the weights are in the final
-    checkpoint, `checkpoint_dir/epoch-NNNN.pt`, key `model`)."""
+    checkpoint, `checkpoint_dir/epoch-NNNN.pt`, key `model`, its `summary` says how training
+    ended)."""
     import horovod.torch as hvd
     import warnings
 
@@ -255,13 +379,6 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
     if device.type == "cpu":
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, hvd.local_size())))
 
-    from deepmine.models import build
-    torch.manual_seed(args.seed)
-    model = build(args.spec).to(device)
-    params = list(model.parameters())
-    optimizer = torch.optim.Adam(params, lr=args.lr * r.size)  # lr scaled by the number of ranks
-    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
-
     store = CheckpointStore(args.checkpoint_dir)
     state = None
     if r.rank == 0:
@@ -274,15 +391,39 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
     # a fixed name: the default (the type's name) differs between a rank holding a dict and one
     # holding None, and mismatched names deadlock
     state = hvd.broadcast_object(state, root_rank=0, name="checkpoint")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        r.log(f"{args.log_prefix} resuming after epoch {state['epoch']} from {args.checkpoint_dir}")
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
-
-    loop = _train_cnn if args.task == "cnn" else _train_dec
-    return loop(args, r, model, params, optimizer, store, state, device)
+    attempt = int(state.get("attempt", 0)) if state else 0
+    attempts: list[dict] = list(state.get("attempts", [])) if state else []
+    from deepmine.models import build
+    while True:
+        lr, seed = attempt_settings(args, attempt)
+        torch.manual_seed(seed)
+        model = build(args.spec).to(device)
+        params = list(model.parameters())
+        optimizer = torch.optim.Adam(params, lr=lr * r.size)  # lr scaled by the number of ranks
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            r.log(f"{args.log_prefix} resuming after epoch {state['epoch']} from "
+                  f"{args.checkpoint_dir}")
+        hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        ctx = {"attempt": attempt, "attempts": attempts, "lr": lr, "seed": seed}
+        loop = _train_cnn if args.task == "cnn" else _train_dec
+        result = loop(args, r, model, params, optimizer, store, state, device, ctx)
+        failure = result["summary"].get("failure")
+        if failure is None or attempt >= args.max_retries:
+            if failure:
+                r.log(f"{args.log_prefix} attempt {attempt + 1} failed ({failure}); no retries "
+                      f"left (train.max_retries {args.max_retries}): keeping it, marked failed")
+            return result
+        attempts.append({k: v for k, v in result["summary"].items() if k != "attempts"})
+        next_lr, next_seed = attempt_settings(args, attempt + 1)
+        r.log(f"{args.log_prefix} attempt {attempt + 1} failed ({failure}): retrying from a fresh "
+              f"initialization (seed {next_seed}) at learning rate {next_lr:g} per rank")
+        if r.rank == 0:
+            store.clear()
+        attempt, state = attempt + 1, None
 
 
 def _save(args: TrainArgs, r: Rank, store: CheckpointStore, epoch: int, model, optimizer,
@@ -293,19 +434,40 @@ def _save(args: TrainArgs, r: Rank, store: CheckpointStore, epoch: int, model, o
                            "optimizer": optimizer.state_dict(), **extra})
 
 
-def _train_cnn(args, r, model, params, optimizer, store, state, device) -> dict[str, Any]:
+def _summary(ctx: dict, history: list[dict], **fields) -> dict[str, Any]:
+    out = {"attempt": ctx["attempt"], "lr": ctx["lr"], "seed": ctx["seed"],
+           "epochs_run": len(history), **fields}
+    out["attempts"] = [*ctx["attempts"], {k: v for k, v in out.items() if k != "attempts"}]
+    return out
+
+
+def _train_cnn(args, r, model, params, optimizer, store, state, device, ctx) -> dict[str, Any]:
     history: list[dict] = list(state["history"]) if state else []
+    if state and state.get("finished"):
+        return {"rank": r.rank, "size": r.size, "summary": state["summary"],
+                "history": history if r.rank == 0 else []}
     start = state["epoch"] + 1 if state else 0
+    stop = EarlyStop(args.patience, args.min_delta, state.get("early_stop") if state else None)
+    best_model = state.get("best_model") if state else None
+    elapsed = float(state.get("elapsed", 0.0)) if state else 0.0
+    trivial = float(state.get("trivial_loss", 0.0)) if state else 0.0
+    stop_reason, failure, epoch = "max_epochs", None, start - 1
     for epoch in range(start, args.epochs):
         seed_epoch(args.seed, epoch, r.rank)
         model.train()
         t0, loss_sum, seen = time.perf_counter(), 0.0, 0
         for batch in r.lockstep(_batches(args, args.train_urls, r, epoch,
                                          ["row_id", "features", "label"], shuffle=True)):
-            if batch is None:
+            keep = None
+            if batch is not None:
+                y = batch["label"]
+                # unlabelled images (-1) are for clustering and scoring, not this loss
+                keep = (y >= 0) & ~validation_mask(batch["row_id"], args.validation_fraction,
+                                                   args.seed)
+            if keep is None or int(keep.sum()) < 2:  # batch norm needs two rows
                 _step(optimizer, params, None)
                 continue
-            x, y = batch["features"].to(device), batch["label"].to(device)
+            x, y = batch["features"][keep].to(device), batch["label"][keep].to(device)
             loss = F.cross_entropy(model(x), y)
             _step(optimizer, params, loss)
             loss_sum += loss.item() * len(y)
@@ -313,15 +475,59 @@ def _train_cnn(args, r, model, params, optimizer, store, state, device) -> dict[
         seconds = time.perf_counter() - t0
         total_loss, total_seen = r.sum([loss_sum, seen], "train_loss").tolist()
         _average_buffers(r, model)
+        val = _validate_cnn(args, r, model, device)
+        trivial = val["prior_loss"]
         correct, tested = _evaluate_cnn(args, r, model, device)
+        elapsed += time.perf_counter() - t0
         entry = {"epoch": epoch, "loss": total_loss / max(total_seen, 1), "samples": int(total_seen),
                  "seconds": round(seconds, 3), "samples_per_s": round(total_seen / seconds, 1),
-                 "test_accuracy": correct / max(tested, 1)}
+                 "val_loss": val["loss"], "val_accuracy": val["accuracy"],
+                 "test_accuracy": correct / max(tested, 1), "attempt": ctx["attempt"]}
         history.append(entry)
+        improved = False
+        if not _finite(entry["loss"], entry["val_loss"]):
+            failure = stop_reason = "nan_loss"
+        else:
+            # no validation rows (validation_fraction 0): the training loss decides
+            improved = stop.update(epoch, *((val["loss"], val["accuracy"]) if val["rows"]
+                                            else (entry["loss"], None)))
+            if improved:
+                best_model = _clone(model.state_dict())
         r.log(f"{args.log_prefix} epoch {epoch + 1}/{args.epochs} loss={entry['loss']:.4f} "
-              f"test_accuracy={entry['test_accuracy']:.4f} {entry['samples_per_s']:.0f} samples/s")
-        _save(args, r, store, epoch, model, optimizer, {"history": history})
-    return {"rank": r.rank, "size": r.size, "history": history if r.rank == 0 else []}
+              f"val_loss={entry['val_loss']:.4f} val_accuracy={entry['val_accuracy']:.4f} "
+              f"test_accuracy={entry['test_accuracy']:.4f} {entry['samples_per_s']:.0f} samples/s"
+              f"{' *' if improved else ''}")
+        if failure is None and stop.exhausted:
+            stop_reason = "patience"
+        elif failure is None and epoch + 1 < args.epochs and _out_of_time(
+                r, args.budget_seconds, elapsed, time.perf_counter() - t0):
+            stop_reason = "budget"
+        done = failure is not None or stop_reason != "max_epochs" or epoch + 1 >= args.epochs
+        if not done:
+            _save(args, r, store, epoch, model, optimizer,
+                  {"history": history, "early_stop": stop.state(), "best_model": best_model,
+                   "elapsed": elapsed, "trivial_loss": trivial, "attempt": ctx["attempt"],
+                   "attempts": ctx["attempts"]})
+        else:
+            break
+    # judged when the loss stopped moving (patience ran out), not when time or epochs ran out
+    if failure is None and stop_reason == "patience" and stalled(stop.best_loss, trivial):
+        failure = "stalled"
+    if best_model is not None and failure != "nan_loss":
+        model.load_state_dict(best_model)
+    summary = _summary(ctx, history, best_epoch=stop.best_epoch, stop_reason=stop_reason,
+                       best_val_loss=stop.best_loss, best_val_accuracy=stop.best_accuracy,
+                       trivial_val_loss=trivial, failure=failure, seconds=round(elapsed, 3))
+    if failure:
+        r.log(f"{args.log_prefix} FAILURE {failure}: best val_loss {stop.best_loss:.4f}, the "
+              f"class frequencies' {trivial:.4f}")
+    r.log(f"{args.log_prefix} stopped ({stop_reason}) after {len(history)} epochs; best epoch "
+          f"{stop.best_epoch + 1}, val_accuracy {stop.best_accuracy:.4f}")
+    _save(args, r, store, max(epoch, 0), model, optimizer,
+          {"history": history, "finished": True, "summary": summary, "attempt": ctx["attempt"],
+           "attempts": ctx["attempts"]})
+    return {"rank": r.rank, "size": r.size, "summary": summary,
+            "history": history if r.rank == 0 else []}
 
 
 @torch.no_grad()
@@ -334,17 +540,72 @@ def _average_buffers(r: Rank, model) -> None:
 
 
 @torch.no_grad()
+def _validate_cnn(args, r, model, device) -> dict[str, float]:
+    """Loss and accuracy on the held-out labelled training rows, and `prior_loss`: the
+    cross-entropy of predicting their class frequencies (a model that learned nothing)."""
+    model.eval()
+    n_classes = args.spec["n_classes"]
+    loss_sum, correct, counts = 0.0, 0, torch.zeros(n_classes, dtype=torch.float64)
+    for batch in _batches(args, args.train_urls, r, 0, ["row_id", "features", "label"],
+                          shuffle=False):
+        y = batch["label"]
+        keep = (y >= 0) & validation_mask(batch["row_id"], args.validation_fraction, args.seed)
+        if not bool(keep.any()):
+            continue
+        y = y[keep].to(device)
+        logits = model(batch["features"][keep].to(device))
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        counts += torch.bincount(y.cpu().long(), minlength=n_classes).double()
+    loss_sum, correct = r.sum([loss_sum, correct], "validation").tolist()
+    counts = r.sum(counts, "validation_classes")
+    rows = float(counts.sum())
+    share = counts[counts > 0] / max(rows, 1.0)
+    return {"loss": loss_sum / max(rows, 1.0), "accuracy": correct / max(rows, 1.0),
+            "rows": int(rows), "prior_loss": float(-(share * share.log()).sum()) if rows else 0.0}
+
+
+@torch.no_grad()
 def _evaluate_cnn(args, r, model, device) -> tuple[float, float]:
     if not args.eval_urls:
         return 0.0, 0.0
     model.eval()
     correct = tested = 0
     for batch in _batches(args, args.eval_urls, r, 0, ["features", "label"], shuffle=False):
-        y = batch["label"].to(device)
-        correct += int((model(batch["features"].to(device)).argmax(1) == y).sum())
+        keep = batch["label"] >= 0  # unlabelled test images are not scored
+        y = batch["label"][keep].to(device)
+        if len(y):
+            correct += int((model(batch["features"][keep].to(device)).argmax(1) == y).sum())
         tested += len(y)
     c, t = r.sum([correct, tested], "test_accuracy").tolist()
     return c, t
+
+
+@torch.no_grad()
+def _validate_reconstruction(args, r, model, device) -> dict[str, float]:
+    """Reconstruction loss (clean inputs) on the held-out rows, and `mean_loss`: that of
+    reconstructing every row as their mean vector (a model that learned nothing)."""
+    model.eval()
+    loss_sum, rows, total, squares = 0.0, 0, None, None
+    for batch in _batches(args, args.train_urls, r, 0, ["row_id", "features"], shuffle=False,
+                          shuffle_rows=False):
+        keep = validation_mask(batch["row_id"], args.validation_fraction, args.seed)
+        if not bool(keep.any()):
+            continue
+        x = batch["features"][keep].to(device)
+        recon, _ = model.autoencoder(x)
+        loss_sum += float(F.mse_loss(recon, x, reduction="sum")) / x.shape[1]
+        rows += len(x)
+        xd = x.double().cpu()
+        total = xd.sum(0) if total is None else total + xd.sum(0)
+        squares = xd.pow(2).sum(0) if squares is None else squares + xd.pow(2).sum(0)
+    loss_sum, rows = r.sum([loss_sum, rows], "validation").tolist()
+    dim = args.spec.get("in_dim") or args.spec["height"] * args.spec["width"]
+    total = r.sum(total if total is not None else torch.zeros(dim), "validation_sum")
+    squares = r.sum(squares if squares is not None else torch.zeros(dim), "validation_squares")
+    mean = total / max(rows, 1.0)
+    variance = (squares / max(rows, 1.0) - mean.pow(2)).clamp_min(0).mean()
+    return {"loss": loss_sum / max(rows, 1.0), "rows": int(rows), "mean_loss": float(variance)}
 
 
 @torch.no_grad()
@@ -427,12 +688,14 @@ def warm_target(partition: torch.Tensor, n_clusters: int) -> torch.Tensor:
     return target
 
 
-def _init_centers(args, r, model, device) -> torch.Tensor:
+def _init_centers(args, r, model, device) -> tuple[torch.Tensor, float]:
     """Centres and starting partition from the embeddings of every row (`initial_partition`, on
-    rank 0), broadcast; returns the partition (row_id -> cluster)."""
+    rank 0), broadcast; returns the partition (row_id -> cluster) and the embeddings' spread
+    (`embedding_spread`, the same on every rank)."""
     import horovod.torch as hvd
     ids, z, _ = _soft_assignments(args, r, model, device, 0, shuffle=False)
     embeddings = _gather_by_row(r, hvd, ids, z, args.n_rows, "kmeans_init")
+    spread = embedding_spread(embeddings)
     centers = torch.zeros_like(model.centers.data.cpu())
     partition = torch.zeros(args.n_rows, dtype=torch.int64)
     if r.rank == 0:
@@ -446,36 +709,78 @@ def _init_centers(args, r, model, device) -> torch.Tensor:
     centers = hvd.broadcast(centers, root_rank=0, name="kmeans_centers")
     partition = hvd.broadcast(partition, root_rank=0, name="initial_partition")
     model.centers.data.copy_(centers.to(model.centers.device))
-    return partition
+    return partition, spread
 
 
-def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[str, Any]:
+def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> dict[str, Any]:
     import horovod.torch as hvd
-    history: list[dict] = list(state["history"]) if state else []
-    start = state["epoch"] + 1 if state else 0
-    assign = state.get("assign") if state else None
-    init_assign = state.get("init_assign") if state else None
-    converged = bool(state.get("converged", False)) if state else False
+    s = state or {}
+    history: list[dict] = list(s.get("history", []))
+    if s.get("finished"):
+        return {"rank": r.rank, "size": r.size, "summary": s["summary"],
+                "history": history if r.rank == 0 else []}
+    start = s["epoch"] + 1 if state else 0
+    assign, init_assign = s.get("assign"), s.get("init_assign")
+    converged = bool(s.get("converged", False))
+    # the epoch DEC starts at: None while pretraining (it ends by patience, its most epochs or
+    # the budget's share)
+    pretrain_end = s.get("pretrain_end", None if args.pretrain_epochs > 0 else 0)
+    pretrain_stop = s.get("pretrain_stop_reason", "none" if args.pretrain_epochs <= 0 else None)
+    stop = EarlyStop(args.patience, args.min_delta, s.get("early_stop"))
+    best_model = s.get("best_model")
+    elapsed = float(s.get("elapsed", 0.0))
+    trivial = float(s.get("trivial_loss", 0.0))
+    spread = s.get("embedding_spread")
+    failure, stop_reason = s.get("failure"), None
     idec = args.dec_variant == "idec"
-    total = args.pretrain_epochs + args.dec_max_epochs
+    n_clusters = args.spec["n_clusters"]
+    budget = args.budget_seconds
+    pretrain_budget = budget * PRETRAIN_BUDGET_SHARE if args.dec_max_epochs > 0 else budget
     spec = args.spec
 
     def augment(x: torch.Tensor) -> torch.Tensor:  # images only (train.train_args sets it so)
         return shift_images(x, spec["height"], spec["width"], args.augment_shift) \
             if args.augment_shift else x
-    for epoch in range(start, total):
-        if converged:
-            break
+
+    def end_pretraining(next_epoch: int, reason: str) -> None:
+        nonlocal pretrain_end, pretrain_stop, failure
+        pretrain_end, pretrain_stop = next_epoch, reason
+        if best_model is not None and reason != "nan_loss":
+            model.load_state_dict(best_model)  # the best epoch's weights, on every rank
+        # judged when the loss stopped moving (patience ran out), not when time or epochs ran out
+        if failure is None and reason == "patience" and stalled(stop.best_loss, trivial):
+            failure = "stalled"
+        r.log(f"{args.log_prefix} pretraining stopped ({reason}) after {next_epoch} epochs; "
+              f"best epoch {stop.best_epoch + 1}, val reconstruction {stop.best_loss:.5f} (the "
+              f"mean row's {trivial:.5f})")
+
+    epoch = start
+    while failure is None:
         seed_epoch(args.seed, epoch, r.rank)
-        pretrain = epoch < args.pretrain_epochs
-        warm = not pretrain and epoch < args.pretrain_epochs + args.dec_warm_epochs
+        pretrain = pretrain_end is None
+        if not pretrain:
+            dec_epoch = epoch - pretrain_end
+            if converged or dec_epoch >= args.dec_max_epochs:
+                stop_reason = "converged" if converged else "max_epochs"
+                break
+        warm = not pretrain and epoch < pretrain_end + args.dec_warm_epochs
         entry: dict[str, Any] = {"epoch": epoch, "phase": "pretrain" if pretrain else
-                                 "warm" if warm else args.dec_variant}
+                                 "warm" if warm else args.dec_variant, "attempt": ctx["attempt"]}
         target = None
+        t0 = time.perf_counter()
         if not pretrain:
             if init_assign is None:
-                init_assign = _init_centers(args, r, model, device)
+                init_assign, spread = _init_centers(args, r, model, device)
                 assign = init_assign.clone()
+                if spread < EMBEDDING_SPREAD_MIN:
+                    failure = "embedding_collapsed"
+                elif n_clusters > 1 and largest_cluster_share(init_assign, n_clusters) > COLLAPSE_SHARE:
+                    failure = "one_cluster"
+                if failure:
+                    r.log(f"{args.log_prefix} FAILURE {failure}: embedding spread {spread:.2e}, "
+                          f"largest starting cluster "
+                          f"{largest_cluster_share(init_assign, n_clusters):.1%}")
+                    break
             ids, _, q = _soft_assignments(args, r, model, device, epoch, shuffle=True)
             if warm:  # the same on every rank, so the allreduce below stays in step
                 target = warm_target(init_assign, q.shape[1])
@@ -489,25 +794,28 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
             assign = new_assign
             entry["assignments_changed"] = changed
             # not before the first epoch of self-training has run
-            if epoch > args.pretrain_epochs + args.dec_warm_epochs and changed < args.dec_tolerance:
+            if epoch > pretrain_end + args.dec_warm_epochs and changed < args.dec_tolerance:
                 converged = True
                 entry["converged"] = True
                 history.append(entry)
                 r.log(f"{args.log_prefix} converged: {changed:.4%} of assignments changed "
                       f"(< {args.dec_tolerance:.4%})")
-                _save(args, r, store, epoch, model, optimizer,
-                      {"history": history, "assign": assign, "init_assign": init_assign,
-                       "converged": True})
+                stop_reason = "converged"
                 break
         model.train()
-        t0, sums, seen = time.perf_counter(), [0.0, 0.0, 0.0], 0
+        sums, seen = [0.0, 0.0, 0.0], 0
         consistency = pretrain and args.contrastive_weight > 0
         for batch in r.lockstep(_batches(args, args.train_urls, r, epoch,
                                          ["row_id", "features"], shuffle=True)):
-            if batch is None:
+            x = None
+            if batch is not None:
+                x = batch["features"]
+                if pretrain:  # the held-out rows score pretraining; DEC clusters every row
+                    x = x[~validation_mask(batch["row_id"], args.validation_fraction, args.seed)]
+            if x is None or len(x) == 0:
                 _step(optimizer, params, None)
                 continue
-            x = augment(batch["features"].to(device))
+            x = augment(x.to(device))
             if pretrain:
                 loss, recon_loss, contrast = pretrain_loss(model, x, args.pretrain_noise,
                                                            args.contrastive_weight, spec)
@@ -530,16 +838,76 @@ def _train_dec(args, r, model, params, optimizer, store, state, device) -> dict[
                      seconds=round(seconds, 3), samples_per_s=round(total_seen / seconds, 1))
         if consistency:
             entry["contrastive_loss"] = contrast_sum / max(total_seen, 1)
+        improved = False
+        if pretrain:
+            val = _validate_reconstruction(args, r, model, device)
+            trivial = val["mean_loss"]
+            entry["val_reconstruction_loss"] = val["loss"]
+            if _finite(entry["reconstruction_loss"], val["loss"], entry.get("contrastive_loss", 0.0)):
+                improved = stop.update(epoch, val["loss"] if val["rows"] else
+                                       entry["reconstruction_loss"])
+                if improved:
+                    best_model = _clone(model.state_dict())
+        epoch_seconds = time.perf_counter() - t0
+        elapsed += epoch_seconds
         history.append(entry)
         extra = f" changed={entry['assignments_changed']:.4f} kl={entry['kl_loss']:.4f}" \
-            if not pretrain else f" contrastive={entry['contrastive_loss']:.4f}" \
-            if consistency else ""
-        r.log(f"{args.log_prefix} epoch {epoch + 1}/{total} {entry['phase']} "
-              f"recon={entry['reconstruction_loss']:.5f}{extra} {entry['samples_per_s']:.0f} samples/s")
-        _save(args, r, store, epoch, model, optimizer,
-              {"history": history, "assign": assign, "init_assign": init_assign,
-               "converged": False})
-    return {"rank": r.rank, "size": r.size, "history": history if r.rank == 0 else []}
+            if not pretrain else (f" val={entry['val_reconstruction_loss']:.5f}" + (
+                f" contrastive={entry['contrastive_loss']:.4f}" if consistency else ""))
+        r.log(f"{args.log_prefix} epoch {epoch + 1} {entry['phase']} "
+              f"recon={entry['reconstruction_loss']:.5f}{extra} {entry['samples_per_s']:.0f} "
+              f"samples/s{' *' if improved else ''}")
+        if not _finite(entry["reconstruction_loss"], entry["kl_loss"],
+                       entry.get("contrastive_loss", 0.0), entry.get("val_reconstruction_loss", 0.0)):
+            failure = "nan_loss"
+            if pretrain:
+                pretrain_stop = "nan_loss"
+            r.log(f"{args.log_prefix} FAILURE nan_loss at epoch {epoch + 1}")
+            break
+        if pretrain:
+            if stop.exhausted:
+                end_pretraining(epoch + 1, "patience")
+            elif epoch + 1 >= args.pretrain_epochs:
+                end_pretraining(epoch + 1, "max_epochs")
+            elif _out_of_time(r, pretrain_budget, elapsed, epoch_seconds):
+                end_pretraining(epoch + 1, "budget")
+        elif _out_of_time(r, budget, elapsed, epoch_seconds):
+            stop_reason = "budget"
+            break
+        _save_dec(args, r, store, epoch, model, optimizer, locals())
+        epoch += 1
+    if failure is None and stop_reason is None:
+        stop_reason = "converged" if converged else "max_epochs"
+    if failure is None and n_clusters > 1 and pretrain_end is not None:
+        # the clustering the stage will publish: the assignments of the final weights
+        ids, _, q = _soft_assignments(args, r, model, device, 0, shuffle=False)
+        final_assign = _gather_by_row(r, hvd, ids, q.argmax(1), args.n_rows, "final_assign")
+        share = largest_cluster_share(final_assign, n_clusters)
+        if share > COLLAPSE_SHARE:
+            failure = "one_cluster"
+            r.log(f"{args.log_prefix} FAILURE one_cluster: {share:.1%} of rows in one cluster")
+    summary = _summary(ctx, history, best_epoch=stop.best_epoch, stop_reason=stop_reason or failure,
+                       pretrain_stop_reason=pretrain_stop, pretrain_epochs_run=pretrain_end,
+                       best_val_loss=stop.best_loss, trivial_val_loss=trivial,
+                       embedding_spread=spread, failure=failure, seconds=round(elapsed, 3))
+    r.log(f"{args.log_prefix} stopped ({summary['stop_reason']}) after {len(history)} epochs")
+    _save(args, r, store, history[-1]["epoch"] if history else 0, model, optimizer,
+          {"history": history, "assign": assign, "init_assign": init_assign,
+           "converged": converged, "finished": True, "summary": summary,
+           "attempt": ctx["attempt"], "attempts": ctx["attempts"]})
+    return {"rank": r.rank, "size": r.size, "summary": summary,
+            "history": history if r.rank == 0 else []}
+
+
+def _save_dec(args, r, store, epoch, model, optimizer, v: dict) -> None:
+    """The DEC loop's checkpoint of `epoch`, from the loop's variables `v`."""
+    _save(args, r, store, epoch, model, optimizer,
+          {"history": v["history"], "assign": v["assign"], "init_assign": v["init_assign"],
+           "converged": False, "pretrain_end": v["pretrain_end"],
+           "pretrain_stop_reason": v["pretrain_stop"], "early_stop": v["stop"].state(),
+           "best_model": v["best_model"], "elapsed": v["elapsed"],
+           "trivial_loss": v["trivial"], "embedding_spread": v["spread"],
+           "attempt": v["ctx"]["attempt"], "attempts": v["ctx"]["attempts"]})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,9 +24,12 @@ def build(spec: dict[str, Any]) -> nn.Module:
     if kind == "cnn":
         return CNNClassifier(spec["height"], spec["width"], spec["n_classes"])
     if kind == "dense_dec":
-        ae = DenseAutoencoder(spec["in_dim"], tuple(spec["hidden"]), spec["embedding_dim"])
+        ae = DenseAutoencoder(spec["in_dim"], tuple(spec["hidden"]), spec["embedding_dim"],
+                              spec.get("input_shift", 0.0), spec.get("input_scale", 1.0))
     elif kind == "conv_dec":
-        ae = ConvAutoencoder(spec["height"], spec["width"], spec["embedding_dim"])
+        ae = ConvAutoencoder(spec["height"], spec["width"], spec["embedding_dim"],
+                             spec.get("output", "sigmoid"), spec.get("input_shift", 0.0),
+                             spec.get("input_scale", 1.0))
     else:
         raise ValueError(f"unknown model kind {kind!r}; expected cnn, dense_dec or conv_dec")
     return ClusteringModel(ae, spec["n_clusters"], spec["embedding_dim"], spec.get("alpha", 1.0),

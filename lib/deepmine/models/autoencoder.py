@@ -1,4 +1,16 @@
-"""Autoencoders: `forward(x) -> (reconstruction, embedding)`, both on flat vectors."""
+"""Autoencoders: `forward(x) -> (reconstruction, embedding)`, both on flat vectors.
+
+Both take an input standardization (`input_shift`, `input_scale`: one mean and one standard
+deviation of the training data, the trainer's `train.input_stats`): the network sees
+(x - shift) / scale and its linear output is mapped back, so the reconstruction and its loss stay
+in the data's own units. Why: with raw [0, 1] intensities and a sigmoid output, an image set of
+sparse strokes (most pixels 0) drove the output logits far negative in the first epoch, where the
+sigmoid's gradient vanishes and the ReLUs before it stop firing; reconstruction then stuck at
+predicting all zeros and the embedding of every image was the same point (issue 13's "dead
+network": loss 0.03266, above the mean image's 0.02864). A bright, dense image set killed the
+dense autoencoder the same way from the other side. Centred, unit-scale inputs and a linear output
+trained on every image set tried (scripts/bench/quality.py, tests/test_generalization.py).
+"""
 from __future__ import annotations
 
 import torch
@@ -11,8 +23,10 @@ class DenseAutoencoder(nn.Module):
     linear embedding and output: customer features are standardized, not bounded). For images,
     hidden (500, 500, 2000) is DEC's and N2D's layout (`train.image_autoencoder: dense`)."""
 
-    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64, 32), embedding_dim: int = 4):
+    def __init__(self, in_dim: int, hidden: tuple[int, ...] = (64, 32), embedding_dim: int = 4,
+                 input_shift: float = 0.0, input_scale: float = 1.0):
         super().__init__()
+        self.input_shift, self.input_scale = float(input_shift), float(input_scale)
         dims = [in_dim, *hidden, embedding_dim]
         enc: list[nn.Module] = []
         for a, b in zip(dims[:-1], dims[1:]):
@@ -25,20 +39,25 @@ class DenseAutoencoder(nn.Module):
         self.decoder = nn.Sequential(*dec[:-1])
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        return self.encoder((x - self.input_shift) / self.input_scale)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.encoder(x)
-        return self.decoder(z), z
+        z = self.encode(x)
+        return self.decoder(z) * self.input_scale + self.input_shift, z
 
 
 class ConvAutoencoder(nn.Module):
     """Three stride-2 convolutions down to a linear embedding and transposed convolutions back
-    (the DCEC layout); input and output are height*width intensities in [0, 1]."""
+    (the DCEC layout); input and output are height*width intensities. `output` linear (what the
+    trainer builds, with the input standardization) or sigmoid (models published before it)."""
 
-    def __init__(self, height: int = 28, width: int = 28, embedding_dim: int = 10):
+    def __init__(self, height: int = 28, width: int = 28, embedding_dim: int = 10,
+                 output: str = "sigmoid", input_shift: float = 0.0, input_scale: float = 1.0):
         super().__init__()
-        self.height, self.width = height, width
+        if output not in ("sigmoid", "linear"):
+            raise ValueError(f"ConvAutoencoder output {output!r}: expected sigmoid or linear")
+        self.height, self.width, self.output = height, width, output
+        self.input_shift, self.input_scale = float(input_shift), float(input_scale)
         self.conv = nn.Sequential(
             nn.Conv2d(1, 32, 5, stride=2, padding=2), nn.ReLU(),
             nn.Conv2d(32, 64, 5, stride=2, padding=2), nn.ReLU(),
@@ -56,6 +75,7 @@ class ConvAutoencoder(nn.Module):
             nn.ConvTranspose2d(32, 1, 5, stride=2, padding=2, output_padding=1))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.input_shift) / self.input_scale
         h = self.conv(x.view(-1, 1, self.height, self.width))
         return self.to_embedding(h.flatten(1))
 
@@ -67,4 +87,6 @@ class ConvAutoencoder(nn.Module):
             out = out[..., :self.height, :self.width]
             if out.shape[-2:] != (self.height, self.width):
                 out = F.interpolate(out, size=(self.height, self.width), mode="bilinear")
-        return torch.sigmoid(out).flatten(1), z
+        if self.output == "sigmoid":
+            return torch.sigmoid(out).flatten(1), z
+        return out.flatten(1) * self.input_scale + self.input_shift, z
