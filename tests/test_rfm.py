@@ -2,6 +2,9 @@
 data) and the customer groups planted by the generator."""
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pandas as pd
 import pytest
 from pyspark.testing import assertDataFrameEqual
@@ -68,6 +71,27 @@ def assert_same_rfm(ours: pd.DataFrame, theirs: pd.DataFrame) -> None:
     pd.testing.assert_frame_equal(ours, theirs, check_exact=False, rtol=1e-12, atol=1e-9)
 
 
+def sklearn_clusters(table: pd.DataFrame, k: int, seed: int, n_init: int) -> pd.DataFrame:
+    """Clusters from rfm.py's docstring with numpy and scikit-learn alone: log1p of R/F/M (negative
+    monetary as 0), standardized with the sample sd, K-means, renumbered by size."""
+    from sklearn.cluster import KMeans
+    table = table.sort_values("customer_id").reset_index(drop=True)
+    x = np.log1p(table[["recency_days", "frequency", "monetary"]].astype(float).clip(lower=0))
+    x = ((x - x.mean()) / x.std(ddof=1)).to_numpy()
+    labels = KMeans(n_clusters=k, n_init=n_init, max_iter=50, random_state=seed).fit_predict(x)
+    sizes = np.bincount(labels, minlength=k)
+    order = sorted(range(k), key=lambda c: (-sizes[c], c))
+    renumber = {old: new for new, old in enumerate(order)}
+    return pd.DataFrame({"customer_id": table["customer_id"],
+                         "cluster": [renumber[c] for c in labels]})
+
+
+def assert_same_clusters(ours: pd.DataFrame, theirs: pd.DataFrame) -> None:
+    both = ours[["customer_id", "cluster"]].merge(theirs, on="customer_id", validate="1:1")
+    assert len(both) == len(ours) == len(theirs)
+    assert (both["cluster_x"] == both["cluster_y"]).all()
+
+
 # --------------------------------------------------------------------------- hand-computed
 
 RUN_DATE = "2026-01-31"
@@ -117,6 +141,40 @@ def test_hand_computed_table(spark):
     assert ignoring["C1"] == 49.25 and ignoring["C7"] == 30.0 and ignoring["C5"] is None
     with pytest.raises(ConfigError, match="rfm.returns"):
         rfm.rfm_values(lines, RUN_DATE, returns="gross")
+
+
+@pytest.mark.parametrize("brackets_miss", [False, True])
+def test_scores_match_pandas_ranks_with_heavy_ties_and_no_window(spark, monkeypatch,
+                                                                 brackets_miss):
+    """20,000 customers: recency in 0..364 (ties everywhere), frequency mostly 1, monetary nearly
+    all distinct with a block of equal values across a cut point. When every approximate bracket
+    misses its rank (forced here), the fallback over all distinct values is exact too."""
+    if brackets_miss:
+        walk = rfm._walk_to_rank
+        monkeypatch.setattr(rfm, "_walk_to_rank", lambda counted, before, q, lo, hi: (
+            walk(counted, before, q, lo, hi) if lo == -math.inf else None))
+    rng = np.random.default_rng(9)
+    n = 20_000
+    values = pd.DataFrame({
+        "customer_id": [f"c{i:05d}" for i in range(n)],
+        "recency_days": rng.integers(0, 365, n).astype("int32"),
+        "frequency": np.minimum(rng.geometric(0.6, n), 40).astype("int64"),
+        "monetary": np.round(rng.lognormal(4, 1, n), 2)})
+    values.loc[7_000:9_000, "monetary"] = 55.0  # one value holding 10% of customers
+    values.loc[::97, "monetary"] = np.nan  # unknown monetary: no m_score
+    scored = rfm.rfm_scores(spark.createDataFrame(values))
+    plan = scored._jdf.queryExecution().executedPlan().toString()
+    assert "Window" not in plan
+    ours = scored.toPandas().sort_values("customer_id").reset_index(drop=True)
+    for value, score, worse_is_larger in (("recency_days", "r_score", True),
+                                          ("frequency", "f_score", False),
+                                          ("monetary", "m_score", False)):
+        known = values[value].notna().sum()
+        worse = values[value].rank(method="min", ascending=not worse_is_larger) - 1
+        expected = (1 + (5 * worse) // known).astype("Int64")
+        pd.testing.assert_series_equal(ours[score].astype("Int64"), expected, check_names=False)
+    assert (ours["segment"] == [segment_name(r, f) for r, f in
+                                zip(ours["r_score"], ours["f_score"])]).all()
 
 
 def test_segment_grid_covers_every_pair_once():
@@ -203,14 +261,20 @@ def test_generated_values_match_pandas_and_clusters_recover_planted_groups(
     print(f"generated: {len(ours)} customers, k={result['metrics']['k']} "
           f"silhouette={result['metrics']['silhouette']}, ARI vs planted groups {ari:.3f}")
     assert ari >= 0.6
+    # the clusters against a peer: the features and K-means made plainly with numpy and
+    # scikit-learn from the pandas table, k fixed to the stage's choice, the same seed
+    assert_same_clusters(ours, sklearn_clusters(ours, result["metrics"]["k"], seed=42, n_init=2))
     # silhouette prefers 3 clusters here (champions and loyal customers merge); told k = 4,
-    # K-means finds the planted groups almost exactly
-    features = rfm.feature_vectors(published, rfm.CLUSTER_FEATURES, 1).persist()
-    clusters, _ = rfm.choose_clusters(features, 4, 4, seed=42, n_init=3)
-    four = clusters.toPandas().merge(planted[["customer_id", "group"]], on="customer_id")
-    ari_4 = adjusted_rand_score(four["group"], four["cluster"])
-    print(f"generated: ARI with k = 4: {ari_4:.3f}")
-    assert ari_4 >= 0.9
+    # K-means finds the planted groups almost exactly, on the driver and by Spark ML alike
+    features = rfm.standardized_features(published, rfm.CLUSTER_FEATURES).persist()
+    for local_max in (100_000, 100):
+        clusters, metrics = rfm.choose_clusters(features, rfm.CLUSTER_FEATURES, 4, 4, seed=42,
+                                                n_init=3, local_max_customers=local_max)
+        four = clusters.toPandas().merge(planted[["customer_id", "group"]], on="customer_id")
+        ari_4 = adjusted_rand_score(four["group"], four["cluster"])
+        print(f"generated: ARI with k = 4 ({metrics['selection']}): {ari_4:.3f}")
+        assert ari_4 >= 0.9 and len(four) == len(ours)
+    features.unpersist()
     assert result["metrics"]["cluster_features"] == ["recency_days", "frequency", "monetary"]
     # the one-off buyers, planted with exactly one invoice, all have f_score 1
     one_off = both[both["group"] == "one_off"]
@@ -234,13 +298,12 @@ def test_bad_k_range_is_named(spark, make_config):
 # --------------------------------------------------------------------------- cluster checks
 
 def two_equal_groups(spark, per_group: int = 400):
-    """customer_id + features: two tight, well-separated groups of exactly `per_group` customers."""
-    from pyspark.ml.linalg import Vectors
-    rng = __import__("numpy").random.default_rng(4)
-    rows = [(f"c{g}{i:04d}", Vectors.dense(centre + rng.normal(scale=0.05, size=3)))
-            for g, centre in enumerate(([-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]))
-            for i in range(per_group)]
-    return spark.createDataFrame(rows, ["customer_id", "features"])
+    """customer_id + 3 feature columns: two tight, well-separated groups of exactly `per_group`
+    customers."""
+    rng = np.random.default_rng(4)
+    rows = [(f"c{g}{i:04d}", *map(float, centre + rng.normal(scale=0.05, size=3)))
+            for g, centre in enumerate((-np.ones(3), np.ones(3))) for i in range(per_group)]
+    return spark.createDataFrame(rows, ["customer_id", "a", "b", "c"])
 
 
 def test_equal_cluster_sizes_are_not_a_collapse(spark):
@@ -248,7 +311,8 @@ def test_equal_cluster_sizes_are_not_a_collapse(spark):
     assert rfm.collapsed([400, 400]) is False
     assert rfm.collapsed([800, 0]) is True and rfm.collapsed([800]) is True
     assert rfm.collapsed([799, 1, 0]) is False
-    clusters, metrics = rfm.choose_clusters(two_equal_groups(spark), 2, 2, seed=1, n_init=1)
+    clusters, metrics = rfm.choose_clusters(two_equal_groups(spark), ("a", "b", "c"), 2, 2,
+                                            seed=1, n_init=1)
     assert metrics["k"] == 2 and metrics["cluster_sizes"] == [400, 400]
     assert metrics["silhouette"] > 0.9 and "degraded_reason" not in metrics
     got = clusters.toPandas()

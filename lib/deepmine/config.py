@@ -84,6 +84,13 @@ class RfmConfig:
     seed: int = 42  # K-means seed: same input + seed -> same clusters
     max_iter: int = 50  # K-means iterations per run
     n_init: int = 2  # K-means runs per k (seeds seed, seed+1, ...); the lowest cost wins
+    # up to this many customers the K-means sweep over k runs on the driver with scikit-learn on
+    # the whole table; above it, the sweep runs on a seeded sample of this size and only the
+    # chosen k is fitted on every customer by Spark ML
+    local_max_customers: int = 200_000
+    # silhouette (the k-choosing score) on a seeded sample of at most this many customers: its cost
+    # grows with the square of the sample
+    silhouette_sample: int = 10_000
     # how returns count in monetary: net = a return subtracts its amount; ignore = purchases only
     # (recency and frequency always count purchase invoices only)
     returns: Literal["net", "ignore"] = "net"

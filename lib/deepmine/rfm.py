@@ -26,23 +26,29 @@ Scores 1-5 are rank quintiles that never split a tie: a value's score is
 `1 + floor(5 * b / n)`, `b` being the number of customers with a strictly worse value and `n` the
 number of customers with a value (worse = larger recency, smaller frequency, smaller monetary).
 When half the customers bought once, all of them get f_score 1 and the next value (2 invoices)
-starts at score 3; some scores may then hold nobody, which is the honest outcome.
+starts at score 3; some scores may then hold nobody, which is the honest outcome. The same score is
+`1 +` the number of the four cut points x_(ceil(s*n/5)), s = 1..4 (order statistics, worse
+first) that the value is better than, so it is a bucket expression once the cut points are known;
+they are found exactly, with no window over the whole table (quintile_cut_points).
 
 Named segments come from (r_score, f_score) through SEGMENT_GRID below, the one place where the
-mapping lives. Clusters: Spark ML K-means on standardized log1p features, k chosen by silhouette
-(squared Euclidean) over [rfm.k_min, rfm.k_max], each k the lowest-cost of rfm.n_init seeded runs;
-cluster ids are renumbered by size, 0 the largest. When K-means leaves fewer than 2 non-empty
-clusters for every k tried, every customer gets cluster 0 and the stage ends `degraded` with the
-reason (published, but the clusters mean nothing).
+mapping lives. Clusters: K-means on standardized log1p features, k chosen by silhouette (squared
+Euclidean, on a seeded sample of rfm.silhouette_sample customers) over [rfm.k_min, rfm.k_max],
+each k the lowest-cost of rfm.n_init seeded runs; scikit-learn on the driver up to
+rfm.local_max_customers customers, above that the k sweep on a seeded sample of that size and the
+chosen k fitted by Spark ML on all (choose_clusters). Cluster ids are renumbered by size, 0 the
+largest. When K-means leaves fewer than 2 non-empty clusters for every k tried, every customer gets
+cluster 0 and the stage ends `degraded` with the reason (published, but the clusters mean nothing).
 """
 from __future__ import annotations
 
 import datetime as dt
+import math
+from functools import reduce
 from typing import Any
 
 from pyspark.ml.clustering import KMeans
-from pyspark.ml.evaluation import ClusteringEvaluator
-from pyspark.ml.feature import StandardScaler, VectorAssembler
+from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -108,18 +114,91 @@ def rfm_values(transactions: DataFrame, run_date: str, returns: str = "net") -> 
         F.when(F.col("_unpriced") == 0, F.col("_amount").cast("double")).alias("monetary"))
 
 
-def add_quintile_score(df: DataFrame, value: str, score: str, higher_is_better: bool) -> DataFrame:
-    """Add `score` = 1 + floor(5 * b / n) (b customers strictly worse, n with a value); ties share
-    a score, a null value gets a null score. The ranking runs over distinct values only."""
-    counts = df.where(F.col(value).isNotNull()).groupBy(value).agg(F.count("*").alias("_n"))
-    worse_first = F.col(value).asc() if higher_is_better else F.col(value).desc()
-    worse = F.coalesce(F.sum("_n").over(Window.orderBy(worse_first).rowsBetween(
-        Window.unboundedPreceding, -1)), F.lit(0))
-    total = F.sum("_n").over(Window.partitionBy())
-    score_of = (F.lit(1) + F.expr("(5 * _worse) div _total")).cast("int")
-    scores = (counts.select(value, worse.alias("_worse"), total.alias("_total"))
-              .select(value, score_of.alias(score)))
-    return df.join(scores, value, "left")
+# Rank-error bound of percentile_approx's first pass (relative to the number of customers). It
+# only sizes the brackets that the second pass searches exactly: the scores do not depend on it.
+QUANTILE_ERROR = 0.001
+
+
+def _order_key(value: str, higher_is_better: bool) -> Column:
+    """A column that sorts worse values first (the negated value when larger is worse)."""
+    return F.col(value) if higher_is_better else -F.col(value)
+
+
+def quintile_cut_points(df: DataFrame, values: dict[str, bool]) -> dict[str, list]:
+    """For each column `value` (worse first by `values[value]`, higher_is_better): the four exact
+    order statistics x_(q_s) of its worse-first order key, q_s = ceil(s * n / 5), s = 1..4, n the
+    non-null count ([] when n = 0). A score is 1 + the number of cut points its key exceeds.
+
+    Two distributed passes, no window and no join: percentile_approx brackets each x_(q_s) within
+    +-2 * QUANTILE_ERROR * n ranks; then one aggregate counts the keys below each bracket and one
+    groupBy counts the distinct keys inside the brackets, from which the driver walks to the exact
+    rank. A bracket that missed (never seen; GK's bound makes it impossible) falls back to every
+    distinct key of that column.
+    """
+    names = list(values)
+    keys = {v: _order_key(v, values[v]) for v in names}
+    probes = [max(0.0, s / 5 - 2 * QUANTILE_ERROR) for s in range(1, 5)] + \
+             [min(1.0, s / 5 + 3 * QUANTILE_ERROR) for s in range(1, 5)]
+    first = df.agg(*[F.count(F.col(v)).alias(f"n_{i}") for i, v in enumerate(names)],
+                   *[F.percentile_approx(keys[v], probes, int(1 / QUANTILE_ERROR)).alias(f"p_{i}")
+                     for i, v in enumerate(names)]).first()
+    brackets: dict[str, list[tuple]] = {}
+    for i, v in enumerate(names):
+        n = int(first[f"n_{i}"])
+        if n:
+            p = first[f"p_{i}"]
+            brackets[v] = [(math.ceil(s * n / 5), p[s - 1], p[s + 3]) for s in range(1, 5)]
+    if not brackets:
+        return {v: [] for v in names}
+    below = df.agg(*[F.count(F.when(keys[v] < F.lit(lo), 1)).alias(f"{i}_{s}")
+                     for i, v in enumerate(names) if v in brackets
+                     for s, (_, lo, _) in enumerate(brackets[v])]).first()
+    inside = [F.when(reduce(lambda a, b: a | b, [keys[v].between(lo, hi)
+                                                 for _, lo, hi in brackets[v]]),
+                     F.struct(F.lit(i).alias("c"), keys[v].cast("double").alias("key")))
+              for i, v in enumerate(names) if v in brackets]
+    candidates: dict[int, list[tuple[float, int]]] = {}
+    for row in (df.select(F.explode(F.array(*inside)).alias("x")).where(F.col("x").isNotNull())
+                .groupBy("x.c", "x.key").count().collect()):
+        candidates.setdefault(row["c"], []).append((row["key"], row["count"]))
+    cuts: dict[str, list] = {v: [] for v in names}
+    for i, v in enumerate(names):
+        for s, (q, lo, hi) in enumerate(brackets.get(v, [])):
+            cut = _walk_to_rank(sorted(candidates.get(i, [])), below[f"{i}_{s}"], q, lo, hi)
+            if cut is None:  # the bracket missed x_(q): count every distinct key instead
+                every = sorted((r[0], r[1]) for r in df.where(F.col(v).isNotNull())
+                               .groupBy(keys[v].cast("double")).count().collect())
+                cut = _walk_to_rank(every, 0, q, -math.inf, math.inf)
+            cuts[v].append(cut)
+    return cuts
+
+
+def _walk_to_rank(counted: list[tuple[float, int]], before: int, q: int, lo, hi):
+    """The q-th smallest key given `before` keys below `lo` and the (key, count) pairs in
+    [lo, hi] sorted by key; None when the q-th key is not in [lo, hi]."""
+    if before >= q:
+        return None
+    for key, count in counted:
+        if lo <= key <= hi:
+            before += count
+            if before >= q:
+                return key
+    return None
+
+
+def score_column(value: str, higher_is_better: bool, cuts: list) -> Column:
+    """1 + floor(5 * b / n) as 1 + the number of cut points the value's order key exceeds (b
+    customers strictly worse, n with a value); null for a null value."""
+    if not cuts:
+        return F.lit(None).cast("int")
+    key = _order_key(value, higher_is_better).cast("double")
+    return F.when(F.col(value).isNotNull(),
+                  reduce(lambda a, b: a + b, [F.when(key > F.lit(c), 1).otherwise(0)
+                                              for c in cuts]) + 1).cast("int")
+
+
+SCORED = {"recency_days": ("r_score", False), "frequency": ("f_score", True),
+          "monetary": ("m_score", True)}
 
 
 def segment_column(r_score: Column, f_score: Column) -> Column:
@@ -130,13 +209,13 @@ def segment_column(r_score: Column, f_score: Column) -> Column:
 
 
 def rfm_scores(values: DataFrame) -> DataFrame:
-    """rfm_values -> the same rows plus r_score, f_score, m_score and segment."""
-    scored = add_quintile_score(values, "recency_days", "r_score", higher_is_better=False)
-    scored = add_quintile_score(scored, "frequency", "f_score", higher_is_better=True)
-    scored = add_quintile_score(scored, "monetary", "m_score", higher_is_better=True)
-    return scored.select("customer_id", "recency_days", "frequency", "monetary", "r_score",
-                         "f_score", "m_score",
-                         segment_column(F.col("r_score"), F.col("f_score")).alias("segment"))
+    """rfm_values -> the same rows plus r_score, f_score, m_score and segment. Runs three small
+    aggregates over `values` for the cut points (persist it first when it is expensive)."""
+    cuts = quintile_cut_points(values, {v: better for v, (_, better) in SCORED.items()})
+    scored = values.select("customer_id", "recency_days", "frequency", "monetary",
+                           *[score_column(v, better, cuts[v]).alias(score)
+                             for v, (score, better) in SCORED.items()])
+    return scored.withColumn("segment", segment_column(F.col("r_score"), F.col("f_score")))
 
 
 def rfm_table(transactions: DataFrame, run_date: str, returns: str = "net") -> DataFrame:
@@ -147,28 +226,37 @@ def rfm_table(transactions: DataFrame, run_date: str, returns: str = "net") -> D
 CLUSTER_FEATURES = ("recency_days", "frequency", "monetary")
 
 
-def feature_vectors(rfm: DataFrame, columns: tuple[str, ...], partitions: int) -> DataFrame:
-    """customer_id + `features`: log1p of each column, standardized (mean 0, sd 1).
+def standardized_features(rfm: DataFrame, columns: tuple[str, ...]) -> DataFrame:
+    """customer_id + one double column per feature: log1p of the value, standardized (mean 0,
+    sample sd 1; a constant column becomes 0, as Spark ML's StandardScaler does).
 
-    A negative net monetary (returns exceeding purchases) is taken as 0 before log1p. The rows are
-    hash-partitioned and sorted by customer so that a seeded K-means sees the same input order on
-    every run.
-    """
+    A negative net monetary (returns exceeding purchases) is taken as 0 before log1p."""
     logged = rfm.select("customer_id", *[
-        F.log1p(F.greatest(F.col(c).cast("double"), F.lit(0.0))).alias(f"_log_{c}")
-        for c in columns])
-    assembled = VectorAssembler(inputCols=[f"_log_{c}" for c in columns],
-                                outputCol="_raw").transform(logged)
-    scaler = StandardScaler(inputCol="_raw", outputCol="features", withMean=True, withStd=True)
-    scaled = scaler.fit(assembled).transform(assembled).select("customer_id", "features")
-    return scaled.repartition(partitions, "customer_id").sortWithinPartitions("customer_id")
+        F.log1p(F.greatest(F.col(c).cast("double"), F.lit(0.0))).alias(c) for c in columns])
+    stats = logged.agg(*[F.avg(c).alias(f"mean_{c}") for c in columns],
+                       *[F.stddev_samp(c).alias(f"sd_{c}") for c in columns]).first()
+
+    def scaled(c: str) -> Column:
+        sd = stats[f"sd_{c}"]
+        if sd is None or not sd > 0:
+            return F.lit(0.0).alias(c)
+        return ((F.col(c) - F.lit(stats[f"mean_{c}"])) / F.lit(sd)).alias(c)
+    return logged.select("customer_id", *[scaled(c) for c in columns])
+
+
+def feature_vectors(features: DataFrame, columns: tuple[str, ...], partitions: int) -> DataFrame:
+    """standardized_features -> customer_id + `features` (a vector) for Spark ML. The rows are
+    hash-partitioned and sorted by customer so that a seeded K-means sees the same input order on
+    every run."""
+    assembled = VectorAssembler(inputCols=list(columns), outputCol="features").transform(features)
+    return (assembled.select("customer_id", "features")
+            .repartition(partitions, "customer_id").sortWithinPartitions("customer_id"))
 
 
 def fit_kmeans(features: DataFrame, k: int, seed: int, max_iter: int = 50, n_init: int = 3):
-    """The K-means model of lowest within-cluster cost over `n_init` runs seeded seed, seed+1, ...
-
-    One run can stop in a poor local optimum (on generated data, 1 run in 4 merged two planted
-    groups and split another); restarts are the usual remedy."""
+    """Spark ML: the K-means model of lowest within-cluster cost over `n_init` runs seeded seed,
+    seed+1, ... One run can stop in a poor local optimum (on generated data, 1 run in 4 merged two
+    planted groups and split another); restarts are the usual remedy."""
     best = None
     for run in range(n_init):
         model = KMeans(k=k, seed=seed + run, maxIter=max_iter, featuresCol="features",
@@ -182,7 +270,7 @@ CUSTOMERS_PER_PARTITION = 100_000
 
 
 def feature_partitions(customers: int, max_partitions: int) -> int:
-    """Partitions for K-means' input: about CUSTOMERS_PER_PARTITION customers each, at most
+    """Partitions for Spark K-means' input: about CUSTOMERS_PER_PARTITION customers each, at most
     `max_partitions`. Each K-means iteration is a Spark job, and on small inputs the tasks'
     overhead is most of its time (one partition fits 800 customers about twice as fast as four)."""
     return max(1, min(max_partitions, -(-customers // CUSTOMERS_PER_PARTITION)))
@@ -194,10 +282,43 @@ def collapsed(cluster_sizes) -> bool:
     return sum(1 for size in cluster_sizes if size > 0) < 2
 
 
-def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
-                    max_iter: int = 50, n_init: int = 3) -> tuple[DataFrame | None, dict[str, Any]]:
-    """Fit K-means for every k in [k_min, k_max] (fit_kmeans); keep the best silhouette (ties:
-    smaller k).
+def sweep_k(x, k_min: int, k_max: int, seed: int, max_iter: int, n_init: int,
+            silhouette_sample: int) -> tuple[dict, dict]:
+    """scikit-learn K-means for every k in [k_min, k_max] on the rows of `x` (numpy, n x d); the
+    silhouette (squared Euclidean, Spark's ClusteringEvaluator's measure) of each k on the same
+    seeded sample of at most `silhouette_sample` rows. Returns ({k: (silhouette, labels, sizes)}
+    for the k that did not collapse, {"collapsed_k": [...]})."""
+    import numpy as np
+    from sklearn.cluster import KMeans as SkKMeans
+    from sklearn.metrics import silhouette_score
+
+    fits, skipped = {}, []
+    sample = min(len(x), silhouette_sample)
+    for k in range(k_min, k_max + 1):
+        labels = SkKMeans(n_clusters=k, n_init=n_init, max_iter=max_iter,
+                          random_state=seed).fit_predict(x)
+        sizes = np.bincount(labels, minlength=k).tolist()
+        if collapsed(sizes):
+            skipped.append(k)
+            continue
+        score = float(silhouette_score(x, labels, metric="sqeuclidean", sample_size=sample,
+                                       random_state=seed))
+        fits[k] = (score, labels, sizes)
+    return fits, ({"collapsed_k": skipped} if skipped else {})
+
+
+def choose_clusters(features: DataFrame, columns: tuple[str, ...], k_min: int, k_max: int,
+                    seed: int, max_iter: int = 50, n_init: int = 3,
+                    local_max_customers: int = 200_000, silhouette_sample: int = 10_000,
+                    partitions: int = 1) -> tuple[DataFrame | None, dict[str, Any]]:
+    """Choose k in [k_min, k_max] by silhouette (ties: smaller k) and cluster every customer.
+
+    `features`: standardized_features. With at most `local_max_customers` customers the table is
+    collected and scikit-learn fits every k on all of it (n_init seeded restarts each); with more,
+    the same sweep runs on a seeded sample of `local_max_customers` customers and only the chosen k
+    is fitted on the whole table, by Spark ML (fit_kmeans). Silhouettes are measured on a seeded
+    sample of at most `silhouette_sample` customers (its standard error is far below the gaps
+    between k seen on real data).
 
     Returns (customer_id, cluster) with clusters renumbered by size (0 = largest; equal sizes by
     K-means' own label), and metrics. With fewer than 2 distinct points no clustering is possible:
@@ -205,34 +326,54 @@ def choose_clusters(features: DataFrame, k_min: int, k_max: int, seed: int,
     result is (None, metrics with k = 1 and `degraded_reason`): the caller must not pass one
     cluster off as a clustering.
     """
-    distinct = features.select("features").distinct().limit(k_max + 1).count()
+    import numpy as np
+    import pandas as pd
+
+    spark = features.sparkSession
     metrics: dict[str, Any] = {"k_range": [k_min, k_max], "silhouette_by_k": {}}
+    customers = features.count()
+    local = customers <= local_max_customers
+    chosen = features if local else features.sample(
+        fraction=min(1.0, 1.05 * local_max_customers / customers), seed=seed)
+    table = chosen.toPandas().sort_values("customer_id", kind="stable").reset_index(drop=True)
+    if not local:
+        table = table.head(local_max_customers)
+    x = table[list(columns)].to_numpy(np.float64)
+    distinct = len(np.unique(x, axis=0))
     if distinct < 2:
         metrics.update(k=1, silhouette=None, note="fewer than 2 distinct customers: one cluster")
         return None, metrics
-    evaluator = ClusteringEvaluator(featuresCol="features", predictionCol="_label",
-                                    metricName="silhouette", distanceMeasure="squaredEuclidean")
-    best = None
-    for k in range(k_min, min(k_max, distinct) + 1):
-        model = fit_kmeans(features, k, seed, max_iter, n_init)
-        predicted = model.transform(features)
-        if collapsed(model.summary.clusterSizes):
-            metrics.setdefault("collapsed_k", []).append(k)
-            continue
-        score = float(evaluator.evaluate(predicted))
-        metrics["silhouette_by_k"][str(k)] = round(score, 6)
-        if best is None or score > best[0]:
-            best = (score, k, model, predicted)
-    if best is None:
-        tried = metrics.get("collapsed_k", [])
+    fits, skipped = sweep_k(x, k_min, min(k_max, distinct), seed, max_iter, n_init,
+                            silhouette_sample)
+    metrics.update(skipped)
+    metrics["silhouette_by_k"] = {str(k): round(f[0], 6) for k, f in fits.items()}
+    metrics["selection"] = (f"scikit-learn on all {customers} customers" if local else
+                            f"scikit-learn on a seeded sample of {len(x)} of {customers} "
+                            "customers; the chosen k fitted by Spark ML on all")
+    metrics["silhouette_sample"] = min(len(x), silhouette_sample)
+    if not fits:
         metrics.update(k=1, silhouette=None, degraded_reason=(
-            f"K-means put every customer in one cluster for every k tried ({tried}) on "
-            f"{distinct}+ distinct customers: cluster is 0 for all, not a clustering"))
+            f"K-means put every customer in one cluster for every k tried "
+            f"({skipped.get('collapsed_k')}) on {distinct} distinct customers: cluster is 0 for "
+            "all, not a clustering"))
         return None, metrics
-    score, k, model, predicted = best
-    sizes = model.summary.clusterSizes
+    k = max(fits, key=lambda k: (fits[k][0], -k))
+    score, labels, sizes = fits[k]
+    if local:
+        labelled = pd.DataFrame({"customer_id": table["customer_id"], "_label": labels})
+        predicted = spark.createDataFrame(labelled, "customer_id string, _label int")
+    else:
+        model = fit_kmeans(feature_vectors(features, columns, partitions), k, seed, max_iter,
+                           n_init)
+        sizes = list(model.summary.clusterSizes)
+        if collapsed(sizes):
+            metrics.update(k=1, silhouette=None, degraded_reason=(
+                f"Spark ML K-means with k={k} (chosen on a sample) put every customer in one "
+                "cluster: cluster is 0 for all, not a clustering"))
+            return None, metrics
+        predicted = model.transform(feature_vectors(features, columns, partitions))
     order = sorted(range(k), key=lambda c: (-sizes[c], c))
-    relabel = F.create_map(*[x for new, old in enumerate(order) for x in (F.lit(old), F.lit(new))])
+    relabel = F.create_map(*[e for new, old in enumerate(order) for e in (F.lit(old), F.lit(new))])
     metrics.update(k=k, silhouette=round(score, 6),
                    cluster_sizes=[int(sizes[old]) for old in order])
     clusters = predicted.select("customer_id",
@@ -267,6 +408,10 @@ def check_config(cfg: RfmConfig) -> None:
     if cfg.returns not in RETURN_POLICIES:
         raise ConfigError(f"config key 'rfm.returns': expected one of {list(RETURN_POLICIES)}, "
                           f"found {cfg.returns!r}")
+    if cfg.local_max_customers < 1 or cfg.silhouette_sample < 2:
+        raise ConfigError(f"config keys 'rfm.local_max_customers'/'rfm.silhouette_sample': "
+                          f"expected >= 1 and >= 2, found {cfg.local_max_customers} and "
+                          f"{cfg.silhouette_sample}")
     if cfg.max_iter < 1 or cfg.n_init < 1:
         raise ConfigError(f"config keys 'rfm.max_iter'/'rfm.n_init': expected >= 1, found "
                           f"max_iter={cfg.max_iter}, n_init={cfg.n_init}")
@@ -289,7 +434,8 @@ def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
             F.count_distinct(F.when(~after, F.col("customer_id"))).alias("customers_with_lines"),
         ).first().asDict()
 
-        rfm = rfm_table(transactions, run_date, cfg.returns).persist()
+        values = rfm_values(transactions, run_date, cfg.returns).persist()
+        rfm = rfm_scores(values).persist()
         try:
             stats = rfm.agg(F.count("*").alias("customers"),
                             F.count(F.when(F.col("monetary").isNull(), 1)).alias("unknown")
@@ -297,11 +443,12 @@ def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
             customers, unknown_monetary = int(stats["customers"]), int(stats["unknown"])
             columns = CLUSTER_FEATURES if unknown_monetary == 0 else CLUSTER_FEATURES[:2]
             if customers >= 2:
-                features = feature_vectors(rfm, columns, feature_partitions(
-                    customers, config.spark.shuffle_partitions)).persist()
+                features = standardized_features(rfm, columns).persist()
                 try:
                     clusters, cluster_metrics = choose_clusters(
-                        features, cfg.k_min, cfg.k_max, cfg.seed, cfg.max_iter, cfg.n_init)
+                        features, columns, cfg.k_min, cfg.k_max, cfg.seed, cfg.max_iter,
+                        cfg.n_init, cfg.local_max_customers, cfg.silhouette_sample,
+                        feature_partitions(customers, config.spark.shuffle_partitions))
                     if "degraded_reason" in cluster_metrics:
                         run.degrade(cluster_metrics.pop("degraded_reason"))
                     out = (rfm.withColumn("cluster", F.lit(0)) if clusters is None
@@ -315,6 +462,7 @@ def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
                 rows = lake.publish(rfm.withColumn("cluster", F.lit(0)), "mining/rfm", partition)
         finally:
             rfm.unpersist()
+            values.unpersist()
 
         published = lake.read("mining/rfm", partition)
         summary_rows = lake.publish(segment_summary(published), "mining/rfm_segments", partition)

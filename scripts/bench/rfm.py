@@ -7,8 +7,12 @@ clean/transactions as Spark reads them (not timed), then time
                rfm.n_init runs per k, both lake tables published, the manifest written
   pandas       one process: read the same Parquet lines, groupby per customer, the same scores
                and segments (no clustering)
-and report lines/s, the pandas/Spark ratio of the table step, and whether both tables are equal
-(values within 1e-9, scores and segments exactly). Results: a table on stdout and
+  pandas_sklearn  the pandas table plus the stage's K-means selection done with scikit-learn in
+               the same process (log1p, standardize, every k in [k_min, k_max] with n_init runs,
+               silhouette on a seeded sample of rfm.silhouette_sample customers): the single-node
+               peer of spark_stage
+and report lines/s, the pandas/Spark ratios, and whether both tables are equal (values within
+1e-9, scores and segments exactly). Results: a table on stdout and
 bench-results/rfm.json.
 
     .venv/bin/python scripts/bench/rfm.py --sizes 1000000 10000000
@@ -57,6 +61,27 @@ def pandas_rfm(lines: pd.DataFrame, run_date: str, returns: str = "net") -> pd.D
     names = np.array([[SEGMENT_GRID[r][f - 1] for f in range(1, 6)] for r in range(1, 6)])
     out["segment"] = names[out["r_score"].to_numpy(int) - 1, out["f_score"].to_numpy(int) - 1]
     return out.reset_index()
+
+
+def sklearn_selection(table: pd.DataFrame, k_min: int, k_max: int, seed: int, max_iter: int,
+                      n_init: int, silhouette_sample: int) -> int:
+    """The K-means selection of the RFM stage, with numpy and scikit-learn: returns the chosen k."""
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import silhouette_score
+    columns = ["recency_days", "frequency", "monetary"]
+    if table["monetary"].isna().any():
+        columns = columns[:2]
+    x = np.log1p(table[columns].astype(float).clip(lower=0))
+    x = ((x - x.mean()) / x.std(ddof=1)).to_numpy()
+    best = None
+    for k in range(k_min, k_max + 1):
+        labels = KMeans(n_clusters=k, n_init=n_init, max_iter=max_iter,
+                        random_state=seed).fit_predict(x)
+        score = silhouette_score(x, labels, metric="sqeuclidean",
+                                 sample_size=min(len(x), silhouette_sample), random_state=seed)
+        if best is None or score > best[0]:
+            best = (score, k)
+    return best[1]
 
 
 def tables_equal(ours: pd.DataFrame, theirs: pd.DataFrame) -> bool:
@@ -130,8 +155,10 @@ def main() -> None:
 
         t0 = time.perf_counter()
         table_path = work / f"rfm-table-{n}.parquet"
-        rfm.rfm_table(lake.read_history("clean/transactions", run_date), run_date,
-                      config.rfm.returns).write.mode("overwrite").parquet(str(table_path))
+        values = rfm.rfm_values(lake.read_history("clean/transactions", run_date), run_date,
+                                config.rfm.returns).persist()  # as the stage does
+        rfm.rfm_scores(values).write.mode("overwrite").parquet(str(table_path))
+        values.unpersist()
         table_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -147,13 +174,21 @@ def main() -> None:
         theirs = pandas_rfm(lines, run_date, config.rfm.returns)
         pandas_s = time.perf_counter() - t0
         del lines
+        t0 = time.perf_counter()
+        peer_k = sklearn_selection(theirs, config.rfm.k_min, config.rfm.k_max, config.rfm.seed,
+                                   config.rfm.max_iter, config.rfm.n_init,
+                                   getattr(config.rfm, "silhouette_sample", 10_000))
+        peer_s = pandas_s + time.perf_counter() - t0
 
         ours = pd.read_parquet(table_path)
         row = {"lines": n, "customers": len(theirs), "generate_s": round(gen_s, 1),
                "spark_table_s": round(table_s, 2), "spark_table_lines_per_s": round(n / table_s),
                "pandas_s": round(pandas_s, 2), "pandas_lines_per_s": round(n / pandas_s),
                "pandas_over_spark": round(pandas_s / table_s, 3),
-               "spark_stage_s": round(stage_s, 2), "k": result["metrics"]["k"],
+               "spark_stage_s": round(stage_s, 2),
+               "pandas_sklearn_s": round(peer_s, 2),
+               "pandas_sklearn_over_stage": round(peer_s / stage_s, 3),
+               "k": result["metrics"]["k"], "peer_k": peer_k,
                "silhouette": result["metrics"]["silhouette"],
                "tables_equal": tables_equal(ours, theirs)}
         rows.append(row)
