@@ -47,11 +47,22 @@ class IngestConfig:
     delimiter: str = ","
     # source column -> canonical column, for sources whose header differs from the canonical one
     column_map: dict[str, str] = field(default_factory=dict)
-    # tried in order; Spark datetime patterns
+    # tried in order; Spark datetime patterns. The default holds only year-first forms, which no
+    # two can read differently: day/month order cannot be guessed (01/02/2026 is 1 February in
+    # most of the world, 2 January in the US), so a source that writes such dates names its
+    # format here (e.g. ["d/M/yyyy H:mm"]); two formats that swap day and month are refused.
     timestamp_formats: list[str] = field(default_factory=lambda: [
         "yyyy-MM-dd HH:mm:ss", "yyyy-MM-dd'T'HH:mm:ss", "yyyy-MM-dd HH:mm", "yyyy-MM-dd",
-        "yyyyMMdd", "M/d/yyyy H:mm", "M/d/yyyy"])
+        "yyyyMMdd"])
     max_field_chars: int = 1000  # a longer field is quarantined as oversized_field
+    # A quoted field may hold line breaks (RFC 4180): its record then spans several lines. A
+    # quote still open after this many more lines is taken as unbalanced, and its line alone is
+    # quarantined as unbalanced_quote (so one stray quote cannot swallow the rest of a file).
+    max_record_lines: int = 100
+    # ratings outside [rating_min, rating_max] are quarantined as rating_out_of_range (the
+    # default admits 1-5 stars and half stars from 0.5)
+    rating_min: float = 0.5
+    rating_max: float = 5.0
 
 
 @dataclass
@@ -155,6 +166,9 @@ class ReportConfig:
 class ImagesConfig:
     height: int = 28
     width: int = 28
+    # labels are 0..classes-1; another label is quarantined at ingest as label_out_of_range
+    # (0 = any label >= 0). An image without a label is kept, for clustering and scoring only.
+    classes: int = 0
 
 
 @dataclass

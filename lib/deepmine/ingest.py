@@ -1,30 +1,37 @@
 """Ingest: raw input files -> `clean/<entity>/dt=D` + `quarantine/<entity>/dt=D`.
 
-Every row read ends in exactly one of the two, so rows read = clean + quarantined, always. A
-quarantined row keeps its raw text, the first reason it was refused for (in the order of each
-entity's checks below) and its source file.
+Every record read ends in exactly one of the two, so records read = clean + quarantined, always.
+A quarantined record keeps its raw text, the first reason it was refused for (in the order of
+each entity's checks below) and its source file.
 
 The flow, for every entity and format:
   extract   read_records(): files -> one row per input record with `raw_record`, `source_file`,
-            a structural `problem` (encoding, column count, malformed JSON, oversized field) and
-            one string column per canonical field; CSV headers are checked on the driver first.
+            a structural `problem` (encoding, unbalanced quote, column count, malformed JSON,
+            oversized field) and one string column per canonical field; CSV headers are checked
+            on the driver first.
   transform classify_<entity>(): parse types, apply the entity's checks in order, mark exact
             duplicates and repeats -> `quarantine_reason` (null for clean rows).
             split_clean() / split_quarantine() then give the two outputs.
-  load      run_ingest(): publishes both partitions through the lake and records counts in the
-            run manifest.
+  load      run_ingest(): publishes both partitions through the lake and records counts (observed
+            while writing, not recomputed) in the run manifest.
 
-CSV is read as text and split here (not by Spark's CSV reader) so that every physical line is one
-record and nothing is silently merged, dropped or coerced. Quoted fields may contain the
-delimiter and doubled quotes; a field may not span lines.
+CSV records (RFC 4180). The files are read as text lines, so that large files stay split across
+tasks and the raw bytes of every record are kept (a line that is not UTF-8 is refused, not
+repaired). A record is one line, unless a quoted field holds a line break: a line that ends inside
+an open quoted field continues on the next lines, up to the first line that closes the field
+(`scan_csv_layout` finds these on the driver from one aggregate over the lines; only a file that
+has such lines pays for joining them). The fields of each record are then parsed by Spark's own
+CSV parser (`from_csv`, all fields as strings, PERMISSIVE with a corrupt-record column): quoted
+fields may hold the delimiter, doubled quotes and line breaks. A file's first line is its header.
 """
 from __future__ import annotations
 
+import csv
 import re
 from dataclasses import dataclass
 from typing import Callable
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -57,13 +64,31 @@ ENTITY_SPECS = {
     "images": EntitySpec("images", ("image_id", "pixels", "split"), ("label",)),
 }
 
-# Structural problems found while reading, before any field is parsed.
+# Structural problems found while reading, before any field is parsed, in this order.
 EMPTY_LINE = "empty_line"
 BAD_ENCODING = "bad_encoding"
+UNBALANCED_QUOTE = "unbalanced_quote"
 WRONG_COLUMN_COUNT = "wrong_column_count"
 OVERSIZED_FIELD = "oversized_field"
 MALFORMED_RECORD = "malformed_record"
 DUPLICATE_LINE = "duplicate_line"
+
+# Every reason a record can be quarantined for, per entity, in the order they are checked.
+STRUCTURAL_REASONS = (EMPTY_LINE, BAD_ENCODING, UNBALANCED_QUOTE, WRONG_COLUMN_COUNT,
+                      OVERSIZED_FIELD, MALFORMED_RECORD, DUPLICATE_LINE)
+VALUE_REASONS = {
+    "transactions": ("missing_invoice_id", "missing_customer_id", "missing_product_id",
+                     "bad_quantity", "zero_quantity", "missing_unit_price", "bad_price",
+                     "nonpositive_price", "bad_timestamp", "repeated_invoice_line"),
+    "ratings": ("missing_user_id", "missing_item_id", "bad_rating", "rating_out_of_range",
+                "bad_timestamp", "superseded_rating"),
+    "images": ("missing_image_id", "bad_pixels", "bad_label", "label_out_of_range", "bad_split",
+               "duplicate_image_id"),
+}
+
+
+def reasons_for(entity: str) -> tuple[str, ...]:
+    return STRUCTURAL_REASONS + VALUE_REASONS[entity]
 
 
 # =============================================================== extract
@@ -107,22 +132,7 @@ def read_first_line(lake: Lake, url: str) -> str | None:
 
 
 def parse_header(line: str, delimiter: str) -> list[str]:
-    return [_unquote(name.strip()).strip() for name in _split_csv_text(line.lstrip("\ufeff"), delimiter)]
-
-
-def _split_csv_text(line: str, delimiter: str) -> list[str]:
-    return re.split(_field_split_pattern(delimiter), line)
-
-
-def _field_split_pattern(delimiter: str) -> str:
-    # a delimiter followed by an even number of quotes up to the end of the line: not in quotes
-    return re.escape(delimiter) + r'(?=(?:[^"]*"[^"]*")*[^"]*$)'
-
-
-def _unquote(text: str) -> str:
-    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-        return text[1:-1].replace('""', '"')
-    return text
+    return [name.strip() for name in next(csv.reader([line.lstrip("\ufeff")], delimiter=delimiter))]
 
 
 def map_header(names: list[str], spec: EntitySpec, cfg: IngestConfig, where: str) -> list[str | None]:
@@ -147,11 +157,20 @@ def map_header(names: list[str], spec: EntitySpec, cfg: IngestConfig, where: str
     return mapped
 
 
+@dataclass(frozen=True)
+class Records:
+    """Extracted records and which canonical columns the input has (an absent optional column is
+    allowed; an empty value in a present one is a missing value)."""
+    frame: DataFrame
+    present: frozenset[str]
+
+
 def read_records(spark: SparkSession, lake: Lake, input_path: str, entity: str, fmt: str,
-                 cfg: IngestConfig) -> DataFrame:
+                 cfg: IngestConfig) -> Records:
     """Extract: one row per input record with raw_record, source_file, problem and string fields."""
     if fmt not in FORMATS:
         raise IngestError(f"unknown input format {fmt!r} for {input_path}; expected one of {list(FORMATS)}")
+    check_timestamp_formats(cfg.timestamp_formats)
     spec = ENTITY_SPECS[entity]
     files = list_input_files(lake, input_path)
     if fmt == "csv":
@@ -161,10 +180,23 @@ def read_records(spark: SparkSession, lake: Lake, input_path: str, entity: str, 
     return _read_parquet(spark, files, spec, cfg)
 
 
+def check_timestamp_formats(formats: list[str]) -> None:
+    """Refuse a list in which two formats read the same text with day and month swapped."""
+    def shape(f: str) -> str:
+        return re.sub(r"d+|M+", "#", f)
+    for i, a in enumerate(formats):
+        for b in formats[i + 1:]:
+            if shape(a) == shape(b) and re.findall(r"[dM]", a) != re.findall(r"[dM]", b):
+                raise IngestError(
+                    f"ingest.timestamp_formats holds {a!r} and {b!r}, which read the same text "
+                    "with day and month swapped (01/02 would be both 1 February and 2 January); "
+                    "keep the one your source writes")
+
+
 def _read_csv(spark: SparkSession, lake: Lake, files: list[str], spec: EntitySpec,
-              cfg: IngestConfig) -> DataFrame:
-    headers: dict[str, str] = {}
+              cfg: IngestConfig) -> Records:
     mapping: list[str | None] | None = None
+    with_header = []
     for url in files:
         first = read_first_line(lake, url)
         if first is None:
@@ -173,52 +205,199 @@ def _read_csv(spark: SparkSession, lake: Lake, files: list[str], spec: EntitySpe
         if mapping is not None and file_mapping != mapping:
             raise IngestError(f"{url}: header {first!r} differs from the other input files' "
                               f"(expected the columns {mapping})")
-        mapping, headers[url] = file_mapping, first.lstrip("\ufeff")
+        mapping = file_mapping
+        with_header.append(url)
     if mapping is None:  # only empty files
-        return _empty_records(spark, spec)
-    lines = (spark.read.text([u for u in files if u in headers])
-             .select(F.col("value").alias("raw_record"), source_file_column().alias("source_file")))
-    header_of = F.create_map(*[x for url, h in headers.items() for x in (F.lit(url), F.lit(h))])
-    return lines_to_records(lines, header_of, mapping, spec, cfg)
+        return Records(_empty_records(spark, spec), frozenset())
+    lines = csv_lines(spark, with_header)
+    layout = scan_csv_layout(lines, cfg, len(mapping))
+    return Records(lines_to_records(lines, layout, mapping, spec, cfg),
+                   frozenset(m for m in mapping if m))
 
 
-def lines_to_records(lines: DataFrame, header_of: Column, mapping: list[str | None],
-                     spec: EntitySpec, cfg: IngestConfig) -> DataFrame:
-    """Transform: text lines (raw_record, source_file) -> records, minus one header line per file.
+def csv_lines(spark: SparkSession, files: list[str]) -> DataFrame:
+    """The files' physical lines: raw_record, source_file, block_start and line_pos.
 
-    A file's header line is its first line; any other line equal to it is a data line like any
-    other (it will be quarantined as a duplicate or for its bad values).
+    `line_pos` (monotonically_increasing_id) counts lines in file order within each of a file's
+    splits (`block_start`): consecutive lines of a split have consecutive positions. Filters
+    above this projection are not pushed into the scan (the id is nondeterministic), so every
+    query over these lines sees the same splits and the same positions.
     """
-    # Hadoop's line reader drops a UTF-8 byte-order mark at the start of a file; compare without it
-    is_header = F.regexp_replace("raw_record", "^\ufeff", "") == header_of[F.col("source_file")]
-    header_rank = F.row_number().over(
-        Window.partitionBy("source_file", "raw_record").orderBy(F.lit(1)))
-    lines = (lines.withColumn("_header_rank", F.when(is_header, header_rank))
-             .where(F.col("_header_rank").isNull() | (F.col("_header_rank") > 1))
-             .drop("_header_rank"))
-    fields = _unquote_all(F.split(F.col("raw_record"), _field_split_pattern(cfg.delimiter), -1))
-    records = lines.withColumn("_fields", fields)
+    return spark.read.text(files).select(
+        F.col("value").alias("raw_record"),
+        F.regexp_replace(F.col("_metadata.file_path"), r"^file:/+", "file:///").alias("source_file"),
+        F.col("_metadata.file_block_start").alias("block_start"),
+        F.monotonically_increasing_id().alias("line_pos"))
+
+
+def _quote_state_patterns(delimiter: str) -> tuple[str, str]:
+    """Java regexes for a line's quote state (possessive, so linear in the line's length).
+
+    opens: read from the start of a record, the line ends inside an open quoted field.
+    closes: read from inside a quoted field, the line closes it and ends outside any quotes.
+    A field is quoted when it starts with a quote; inside, a doubled quote is a quote.
+    """
+    d = re.escape(delimiter)
+    quoted = f'"(?:[^"]|"")*+"[^{d}]*+'
+    unquoted = f'[^"{d}][^{d}]*+'
+    opens = f'^(?:(?:{quoted}|{unquoted})?{d})*+"(?:[^"]|"")*+$'
+    closes = f'^(?:[^"]|"")*+"[^{d}]*+(?:{d}(?:{quoted}|{unquoted})?)*+$'
+    return opens, closes
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Where the records are among the lines: the header lines to drop, the lines that join into
+    one multi-line record (ranges of positions, each with the record's first line), and lines
+    whose quote never closes."""
+    header_positions: tuple[int, ...]
+    record_ranges: tuple[tuple[int, int, int], ...] = ()  # (first line_pos, lo, hi), inclusive
+    unbalanced: tuple[int, ...] = ()
+    multiline_records: int = 0
+
+
+def scan_csv_layout(lines: DataFrame, cfg: IngestConfig, columns: int) -> CsvLayout:
+    """Where the records are among the lines.
+
+    One aggregate over the lines finds each split's positions, each file's header line (the first
+    line of its first split) and the lines that open a quoted field. Only when there are such
+    lines, two more queries find, for each, the first line within `max_record_lines` that closes
+    it, and whether the lines joined up to there parse to `columns` fields. The driver then walks
+    the openers in file order: a joined record that parses is taken (its lines start no record
+    of their own); an opener that finds no closing line, or whose joined lines do not parse, is
+    an unbalanced quote, a record alone, and the lines after it are records as usual.
+    """
+    opens_re, closes_re = _quote_state_patterns(cfg.delimiter)
+    raw = F.col("raw_record")
+    opens = raw.contains('"') & raw.rlike(opens_re)
+    blocks = (lines.groupBy("source_file", "block_start")
+              .agg(F.min("line_pos").alias("lo"), F.max("line_pos").alias("hi"),
+                   F.collect_list(F.when(opens, F.col("line_pos"))).alias("openers"))
+              .collect())
+    headers = tuple(b.lo for b in blocks if b.block_start == 0)
+    openers = sorted((b.source_file, b.block_start, p) for b in blocks for p in b.openers
+                     if not (b.block_start == 0 and p == b.lo))
+    if not openers:
+        return CsvLayout(headers)
+    splits: dict[str, list[tuple[int, int, int]]] = {}
+    for b in blocks:
+        splits.setdefault(b.source_file, []).append((b.block_start, b.lo, b.hi))
+    for parts in splits.values():
+        parts.sort()
+
+    def after(file: str, block: int, pos: int, end: int | None = None) -> list[tuple[int, int]]:
+        """The positions of the `max_record_lines` lines after `pos` in file order (up to `end`
+        if given), as (lo, hi) ranges, one per split."""
+        parts = splits[file]
+        i = next(j for j, part in enumerate(parts) if part[0] == block)
+        out, lo, left = [], pos + 1, cfg.max_record_lines
+        while left > 0 and i < len(parts):
+            hi = min(parts[i][2], lo + left - 1)
+            if lo <= hi:
+                if end is not None and lo <= end <= hi:
+                    return out + [(lo, end)]
+                out.append((lo, hi))
+                left -= hi - lo + 1
+            i += 1
+            if i < len(parts):
+                lo = parts[i][1]
+        return out
+
+    closes = raw.contains('"') & raw.rlike(closes_re)
+    windows = [(p, lo, hi) for f, b, p in openers for lo, hi in after(f, b, p)]
+    first_close = {r.opener: r.first.line_pos for r in
+                   _lines_in_ranges(lines.where(closes), windows, "opener")
+                   .groupBy("opener")
+                   .agg(F.min(F.struct("block_start", "line_pos")).alias("first")).collect()}
+    spans = {p: [(p, p)] + after(f, b, p, first_close[p]) for f, b, p in openers if p in first_close}
+    candidates = [(p, lo, hi) for p, ranges in spans.items() for lo, hi in ranges]
+    joined = (_lines_in_ranges(lines, candidates, "_record").groupBy("_record")
+              .agg(_joined_lines().alias("raw_record")))
+    schema = ", ".join([f"`_{i}` string" for i in range(columns)] + ["_corrupt string"])
+    parses = {r._record for r in joined.where(
+        F.from_csv("raw_record", schema, _csv_options(cfg))["_corrupt"].isNull())
+        .select("_record").collect()}
+    ranges, unbalanced, taken_until = [], [], None
+    for f, b, p in openers:
+        if taken_until is not None and (f, b, p) <= taken_until:
+            continue  # a line of the record before
+        if p not in parses:
+            unbalanced.append(p)
+            continue
+        ranges.extend((p, lo, hi) for lo, hi in spans[p])
+        end = first_close[p]
+        taken_until = (f, next(x[0] for x in splits[f] if x[1] <= end <= x[2]), end)
+    return CsvLayout(headers, tuple(ranges), tuple(unbalanced), len({r[0] for r in ranges}))
+
+
+def _joined_lines() -> Column:
+    """Aggregate: a record's lines joined by line breaks, in file order."""
+    parts = F.array_sort(F.collect_list(F.struct("block_start", "line_pos", "raw_record")))
+    return F.concat_ws("\n", F.transform(parts, lambda x: x["raw_record"]))
+
+
+def _csv_options(cfg: IngestConfig) -> dict[str, str]:
+    """Spark's CSV parser, RFC 4180 quoting (a doubled quote inside quotes is a quote), every
+    field a string, a record with too few or too many fields in the corrupt-record column."""
+    return {"sep": cfg.delimiter, "quote": '"', "escape": '"', "mode": "PERMISSIVE",
+            "columnNameOfCorruptRecord": "_corrupt", "maxCharsPerColumn": "-1"}
+
+
+def _lines_in_ranges(lines: DataFrame, ranges: list[tuple[int, int, int]], key: str,
+                     how: str = "inner") -> DataFrame:
+    """`lines` joined with the position ranges (key, lo, hi) that hold them. Ranges are at most a
+    few hundred lines long: each is listed under the buckets of `bucket` positions it touches,
+    so the join is on equal buckets (hashed, broadcast) rather than a scan of every range."""
+    spark = lines.sparkSession
+    bucket = max(hi - lo + 1 for _, lo, hi in ranges)
+    rows = [(k_, lo, hi, b) for k_, lo, hi in ranges for b in range(lo // bucket, hi // bucket + 1)]
+    table = spark.createDataFrame(rows, f"{key} long, _lo long, _hi long, _bucket long")
+    joined = lines.join(
+        F.broadcast(table),
+        (F.floor(lines["line_pos"] / bucket) == table["_bucket"])
+        & lines["line_pos"].between(table["_lo"], table["_hi"]), how)
+    return joined.drop("_lo", "_hi", "_bucket")
+
+
+def lines_to_records(lines: DataFrame, layout: CsvLayout, mapping: list[str | None],
+                     spec: EntitySpec, cfg: IngestConfig) -> DataFrame:
+    """Transform: text lines -> records (header lines dropped, multi-line records joined), then
+    each record's fields parsed by Spark's CSV parser."""
+    lines = lines.where(~F.col("line_pos").isin(list(layout.header_positions)))
+    if layout.record_ranges:
+        tagged = _lines_in_ranges(lines, list(layout.record_ranges), "_record", how="left")
+        lines = (tagged.groupBy(F.coalesce("_record", "line_pos").alias("line_pos"))
+                 .agg(_joined_lines().alias("raw_record"),
+                      F.first("source_file").alias("source_file")))
+    unbalanced = (F.col("line_pos").isin(list(layout.unbalanced)) if layout.unbalanced
+                  else F.lit(False))
+    return parse_csv_records(lines.withColumn("_unbalanced", unbalanced), mapping, spec, cfg)
+
+
+def parse_csv_records(records: DataFrame, mapping: list[str | None], spec: EntitySpec,
+                      cfg: IngestConfig) -> DataFrame:
+    """(raw_record, source_file[, _unbalanced]) -> records with `problem` and string fields."""
+    names = [m or f"_dropped_{i}" for i, m in enumerate(mapping)]
+    schema = ", ".join(f"`{n}` string" for n in [*names, "_corrupt"])
+    options = _csv_options(cfg)
+    if "_unbalanced" not in records.columns:
+        records = records.withColumn("_unbalanced", F.lit(False))
+    parsed = records.select("raw_record", "source_file", "_unbalanced",
+                            F.from_csv("raw_record", schema, options).alias("_f"))
+    fields = [F.col(f"_f.{n}") for n in names]
     problem = (F.when(F.trim("raw_record") == "", F.lit(EMPTY_LINE))
                .when(~F.is_valid_utf8("raw_record"), F.lit(BAD_ENCODING))
-               .when(F.size("_fields") != len(mapping), F.lit(WRONG_COLUMN_COUNT))
-               .when(F.exists("_fields", lambda f: F.length(f) > cfg.max_field_chars),
-                     F.lit(OVERSIZED_FIELD)))
-    columns = {name: F.get(F.col("_fields"), i) for i, name in enumerate(mapping) if name}
-    return records.select(
+               .when(F.col("_unbalanced"), F.lit(UNBALANCED_QUOTE))
+               .when(F.col("_f._corrupt").isNotNull(), F.lit(WRONG_COLUMN_COUNT))
+               .when(F.greatest(*[F.coalesce(F.length(f), F.lit(0)) for f in fields])
+                     > cfg.max_field_chars, F.lit(OVERSIZED_FIELD)))
+    present = {m: F.col(f"_f.{m}") for m in mapping if m}
+    return parsed.select(
         "raw_record", "source_file", problem.alias("problem"),
-        *[(columns[c] if c in columns else F.lit(None).cast("string")).alias(c) for c in spec.columns])
+        *[present.get(c, F.lit(None).cast("string")).alias(c) for c in spec.columns])
 
 
-def _unquote_all(fields: Column) -> Column:
-    """Strip the quotes around each quoted field and undo doubled quotes inside it."""
-    def unquote(f: Column) -> Column:
-        t = F.trim(f)
-        return F.when(t.rlike(r'^".*"$'),
-                      F.regexp_replace(F.regexp_extract(t, r'^"(.*)"$', 1), '""', '"')).otherwise(f)
-    return F.transform(fields, unquote)
-
-
-def _read_json(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: IngestConfig) -> DataFrame:
+def _read_json(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: IngestConfig) -> Records:
     schema = T.StructType([T.StructField(c, T.StringType()) for c in spec.columns]
                           + [T.StructField("_corrupt_record", T.StringType())])
     df = (spark.read.schema(schema).option("mode", "PERMISSIVE")
@@ -229,26 +408,33 @@ def _read_json(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: Ing
     problem = (F.when(F.col("_corrupt_record").isNotNull(), F.lit(MALFORMED_RECORD))
                .when(F.exists(F.array(*fields), lambda f: F.length(f) > cfg.max_field_chars),
                      F.lit(OVERSIZED_FIELD)))
-    return df.select(raw.alias("raw_record"), "source_file", problem.alias("problem"),
-                     *[F.when(F.col("_corrupt_record").isNull(), F.col(c)).alias(c) for c in spec.columns])
+    records = df.select(raw.alias("raw_record"), "source_file", problem.alias("problem"),
+                        *[F.when(F.col("_corrupt_record").isNull(), F.col(c)).alias(c)
+                          for c in spec.columns])
+    # JSON lines have no header: an optional key is taken as present when any record has it
+    seen = records.select(*[F.max(F.col(c).isNotNull()).alias(c) for c in spec.optional]).first() \
+        if spec.optional else None
+    present = set(spec.required) | {c for c in spec.optional if seen and seen[c]}
+    return Records(records, frozenset(present))
 
 
-def _read_parquet(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: IngestConfig) -> DataFrame:
+def _read_parquet(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: IngestConfig) -> Records:
     df = spark.read.parquet(*files)
     names = [f.name for f in df.schema.fields]
     mapping = map_header(names, spec, cfg, files[0])
     df = df.select(*[F.col(n).alias(m) for n, m in zip(names, mapping) if m])
     as_text = {}
-    for field in df.schema.fields:
-        if isinstance(field.dataType, T.BinaryType):
-            as_text[field.name] = F.base64(field.name)  # pixels travel as base64 text
+    for field_ in df.schema.fields:
+        if isinstance(field_.dataType, T.BinaryType):
+            as_text[field_.name] = F.base64(field_.name)  # pixels travel as base64 text
         else:
-            as_text[field.name] = F.col(field.name).cast("string")
+            as_text[field_.name] = F.col(field_.name).cast("string")
     cols = [as_text.get(c, F.lit(None).cast("string")).alias(c) for c in spec.columns]
     out = df.select(*cols).withColumn("source_file", source_file_column())
     raw = F.to_json(F.struct(*[F.col(c) for c in spec.columns]))
-    return out.select(raw.alias("raw_record"), "source_file", F.lit(None).cast("string").alias("problem"),
-                      *spec.columns)
+    records = out.select(raw.alias("raw_record"), "source_file",
+                         F.lit(None).cast("string").alias("problem"), *spec.columns)
+    return Records(records, frozenset(m for m in mapping if m))
 
 
 def _empty_records(spark: SparkSession, spec: EntitySpec) -> DataFrame:
@@ -287,28 +473,41 @@ def resolve_reasons(typed: DataFrame, repeat_key: list[str], repeat_reason: str,
                     repeat_order: list) -> DataFrame:
     """One reason per row, in this order: the structural `problem` found while reading, an exact
     duplicate of an earlier raw record, the first failed value check (`_value_problem`), and last a
-    repeat of an already clean row under the entity's key (`repeat_key`)."""
+    repeat of an already clean row under the entity's key (`repeat_key`).
+
+    Both duplicate checks run after one shuffle, on the key's first column: copies of one raw
+    record parse to the same key, so each check's groups lie within one partition.
+    """
+    typed = typed.repartition(F.col(repeat_key[0]))
     typed = mark_duplicates(typed.withColumn("quarantine_reason", F.col("problem")),
-                            "quarantine_reason", ["raw_record"], DUPLICATE_LINE, ["source_file"])
+                            "quarantine_reason", [repeat_key[0], "raw_record"], DUPLICATE_LINE,
+                            ["source_file"])
     typed = typed.withColumn("quarantine_reason", F.coalesce("quarantine_reason", "_value_problem"))
     typed = mark_duplicates(typed, "quarantine_reason", repeat_key, repeat_reason, repeat_order)
     return typed.drop("_value_problem", "problem")
 
 
 def mark_duplicates(df: DataFrame, reason_col: str, key: list[str], reason: str,
-                    order: list[str]) -> DataFrame:
+                    order: list) -> DataFrame:
     """Among rows not yet refused, the second and later rows with the same `key` get `reason`.
 
     `order` decides which copy is kept (the first), so re-runs keep the same one.
     """
     candidate = F.col(reason_col).isNull()
-    w = Window.partitionBy(candidate, *key).orderBy(*order)
+    w = Window.partitionBy(*key, candidate).orderBy(*order)
     return df.withColumn(reason_col, F.when(candidate & (F.row_number().over(w) > 1), F.lit(reason))
                          .otherwise(F.col(reason_col)))
 
 
-def classify_transactions(records: DataFrame, cfg: IngestConfig) -> DataFrame:
-    """records -> typed transaction rows with `quarantine_reason` (null = clean)."""
+def classify_transactions(records: DataFrame, cfg: IngestConfig,
+                          present: frozenset[str] = frozenset(ENTITY_SPECS["transactions"].columns)
+                          ) -> DataFrame:
+    """records -> typed transaction rows with `quarantine_reason` (null = clean).
+
+    `present`: the canonical columns the input has. A price column the input lacks altogether
+    (a source without prices) leaves unit_price null; an empty price in an input that has the
+    column is `missing_unit_price`.
+    """
     quantity = F.trim("quantity").try_cast("double")
     price = F.trim("unit_price").try_cast("double")
     price_given = _text("unit_price").isNotNull()
@@ -320,6 +519,7 @@ def classify_transactions(records: DataFrame, cfg: IngestConfig) -> DataFrame:
         ("bad_quantity", _is_bad_number(quantity) | (quantity != F.floor(quantity))
          | (F.abs(quantity) > 1e9)),
         ("zero_quantity", quantity == 0),
+        ("missing_unit_price", F.lit("unit_price" in present) & ~price_given),
         ("bad_price", price_given & _is_bad_number(price)),
         ("nonpositive_price", price_given & (price <= 0)),
         ("bad_timestamp", ts.isNull()),
@@ -346,6 +546,7 @@ def classify_ratings(records: DataFrame, cfg: IngestConfig) -> DataFrame:
         ("missing_user_id", _text("user_id").isNull()),
         ("missing_item_id", _text("item_id").isNull()),
         ("bad_rating", _is_bad_number(rating)),
+        ("rating_out_of_range", (rating < cfg.rating_min) | (rating > cfg.rating_max)),
         ("bad_timestamp", ts.isNull()),
     ]
     typed = records.select("raw_record", "source_file", "problem",
@@ -357,14 +558,17 @@ def classify_ratings(records: DataFrame, cfg: IngestConfig) -> DataFrame:
                            [F.col("rated_ts").desc(), "source_file", "raw_record"])
 
 
-def classify_images(records: DataFrame, cfg: IngestConfig, height: int, width: int) -> DataFrame:
+def classify_images(records: DataFrame, cfg: IngestConfig, height: int, width: int,
+                    classes: int = 0) -> DataFrame:
     pixels = F.try_to_binary(F.col("pixels"), F.lit("base64"))
     label = F.trim("label").try_cast("double")
     split = F.lower(_text("split"))
+    in_range = (label >= 0) & ((label < classes) if classes > 0 else F.lit(True))
     checks = [
         ("missing_image_id", _text("image_id").isNull()),
         ("bad_pixels", pixels.isNull() | (F.length(pixels) != height * width)),
         ("bad_label", _text("label").isNotNull() & (_is_bad_number(label) | (label != F.floor(label)))),
+        ("label_out_of_range", _text("label").isNotNull() & ~in_range),
         ("bad_split", ~F.coalesce(split.isin("train", "test"), F.lit(False))),
     ]
     typed = records.select("raw_record", "source_file", "problem",
@@ -392,14 +596,25 @@ def split_quarantine(classified: DataFrame) -> DataFrame:
             .select("raw_record", "quarantine_reason", "source_file"))
 
 
-def classify(records: DataFrame, entity: str, config: Config) -> DataFrame:
+def classify(records: Records, entity: str, config: Config) -> DataFrame:
     classifiers: dict[str, Callable[[DataFrame], DataFrame]] = {
-        "transactions": lambda r: classify_transactions(r, config.ingest),
+        "transactions": lambda r: classify_transactions(r, config.ingest, records.present),
         "ratings": lambda r: classify_ratings(r, config.ingest),
         "images": lambda r: classify_images(r, config.ingest, config.images.height,
-                                            config.images.width),
+                                            config.images.width, config.images.classes),
     }
-    return classifiers[entity](records)
+    return classifiers[entity](records.frame)
+
+
+def outcome_counts(classified: DataFrame, entity: str) -> list[Column]:
+    """The stage's counts as aggregates, observed while the outputs are written."""
+    reason = F.col("quarantine_reason")
+    counts = [F.count(F.lit(1)).alias("rows_read"),
+              F.count_if(reason.isNull()).alias("rows_clean")]
+    counts += [F.count_if(reason == r).alias(r) for r in reasons_for(entity)]
+    if entity == "transactions":
+        counts.append(F.count_if(reason.isNull() & F.col("is_return")).alias("rows_returns"))
+    return counts
 
 
 # =============================================================== load
@@ -420,26 +635,27 @@ def run_ingest(spark: SparkSession, config: Config, run_date: str, input_path: s
     with StageRun(lake, run_date, stage_name(entity)) as run:
         run.counts["input"] = input_path
         records = read_records(spark, lake, input_path, entity, fmt, config.ingest)
-        classified = classify(records, entity, config).persist()
+        observed = Observation(f"ingest_{entity}")
+        classified = classify(records, entity, config)
+        classified = classified.observe(observed, *outcome_counts(classified, entity)).persist()
         try:
-            rows_read = records.count()
             rows_clean = lake.publish(split_clean(classified, entity), f"clean/{entity}", partition)
             rows_quarantined = lake.publish(split_quarantine(classified), f"quarantine/{entity}",
                                             partition)
         finally:
             classified.unpersist()
-        by_reason = {r["quarantine_reason"]: r["count"] for r in
-                     lake.read(f"quarantine/{entity}", partition)
-                     .groupBy("quarantine_reason").count().collect()}
+        seen = observed.get
+        rows_read = seen["rows_read"]
+        by_reason = {r: seen[r] for r in reasons_for(entity) if seen[r]}
         run.counts.update(rows_read=rows_read, rows_clean=rows_clean,
                           rows_quarantined=rows_quarantined,
                           quarantined_by_reason=dict(sorted(by_reason.items())))
         if entity == "transactions":
-            run.counts["rows_returns"] = lake.read(f"clean/{entity}", partition) \
-                .where("is_return").count()
+            run.counts["rows_returns"] = seen["rows_returns"]
         run.outputs.update(clean=lake.partition_url(f"clean/{entity}", partition),
                            quarantine=lake.partition_url(f"quarantine/{entity}", partition))
-        if rows_read != rows_clean + rows_quarantined:
+        if not (rows_read == rows_clean + rows_quarantined == seen["rows_clean"]
+                + sum(by_reason.values())) or rows_clean != seen["rows_clean"]:
             raise RuntimeError(f"ingest lost rows: read {rows_read}, clean {rows_clean}, "
                                f"quarantined {rows_quarantined}")
     return run.counts

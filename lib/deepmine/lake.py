@@ -3,13 +3,28 @@
 All file-system work goes through Hadoop's FileSystem API (via the Spark session's JVM), so the
 same code serves `file://`, `hdfs://` and `s3a://` lakes.
 
-Publishing a partition is atomic for readers: the data is written to
-`<table>/_staging/<partition>.<token>`, then the previous partition (if any) is moved aside to
-`<table>/_previous/<partition>.<token>`, the staged one renamed into place, and the old one
-deleted. A crash while writing leaves the previous partition untouched; a crash between the two
-renames leaves the previous partition in `_previous`, which `recover()` (called by every read and
-publish) moves back. Directories starting with `_` are ignored by Spark's partition discovery.
+A partition is complete when its `_SUCCESS` marker is there; the marker is always the last thing
+to arrive. Readers require it: `read()` never returns a partition without it (it falls back to the
+last complete version, or raises), and a whole-table read refuses a table with an incomplete one.
 
+Publishing: the data is written to `<table>/_staging/<partition>.<token>`; the complete partition
+in place (if any) is moved aside to `<table>/_previous/<partition>.<token>`, the staged one moved
+into place, and only then is the previous one deleted. Directories starting with `_` are ignored by
+Spark's partition discovery. `recover()` (called by every read and publish) finishes a publish
+that a crash interrupted: when the partition in place is complete it clears `_previous` and
+`_staging`; when it is missing or incomplete it puts back the newest complete `_previous` copy; it
+never deletes a complete copy unless the partition in place is complete.
+
+How a directory is moved depends on the store. Where rename is atomic (`file://`, `hdfs://`) a
+move is one rename. On object stores (`s3a://` and any other scheme) a directory rename is a copy
+of every object followed by deletes, in listing order, which puts `_SUCCESS` first: a crash in the
+middle leaves both sides partial, the moved one possibly with its marker. There a move is: copy the
+data files, then write the marker on the copy, then delete the marker of the source, then the
+source. So at every moment the partition in place or a `_previous` copy is complete and marked
+(the price: the previous partition is copied once per publish instead of renamed).
+
+The run manifest `<root>/runs/run_date=D/manifest.json` records every stage of a run: start, end,
+seconds, status, counts and metrics.
 The run manifest `<root>/runs/run_date=D/manifest.json` records every stage of a run: start, end,
 seconds, status, counts and metrics.
 """
@@ -30,6 +45,14 @@ from pyspark.sql import functions as F
 from deepmine.schemas import TABLES, check_schema
 
 
+SUCCESS = "_SUCCESS"  # a partition's completeness marker, written last
+ATOMIC_RENAME_SCHEMES = {"file", "hdfs", "viewfs"}  # stores whose directory rename is one step
+
+
+class IncompletePartition(FileNotFoundError):
+    """A partition without its `_SUCCESS` marker and no complete earlier version to fall back to."""
+
+
 def resolve_url(root: str) -> str:
     """A lake root as a URL: URLs pass through, plain paths become absolute file:// URLs."""
     if "://" in root:
@@ -46,6 +69,8 @@ class Lake:
         jvm = spark.sparkContext._jvm
         self._Path = jvm.org.apache.hadoop.fs.Path
         self._hconf = spark.sparkContext._jsc.hadoopConfiguration()
+        # how a directory is moved (see the module's docstring); tests set it to exercise both
+        self.atomic_rename = self.root.split(":", 1)[0].lower() in ATOMIC_RENAME_SCHEMES
 
     # ------------------------------------------------------------------ locations
     def url(self, *parts: str) -> str:
@@ -108,23 +133,60 @@ class Lake:
             stream.close()
 
     # ------------------------------------------------------------------ tables
+    def is_complete(self, url: str) -> bool:
+        """A partition (or a staged or previous copy of one) whose `_SUCCESS` marker is there."""
+        return self.exists(f"{url}/{SUCCESS}")
+
     def has_partition(self, table: str, partition: str) -> bool:
         self.recover(table, partition)
-        return self.exists(self.url(table, partition, "_SUCCESS"))
+        return self.is_complete(self.partition_url(table, partition))
 
     def read(self, table: str, partition: str | None = None) -> DataFrame:
-        """Read one partition (or the whole table) and check it against the table's schema."""
+        """Read one complete partition (or the whole table, every partition complete) and check it
+        against the table's schema. FileNotFoundError when there is nothing; IncompletePartition
+        when a partition lacks its marker and no complete version of it is left."""
         if partition is not None:
             self.recover(table, partition)
             url = self.partition_url(table, partition)
+            if not self.exists(url):
+                raise FileNotFoundError(f"lake table {table} has no data at {url}")
+            if not self.is_complete(url):
+                raise IncompletePartition(
+                    f"lake table {table}: {url} is incomplete (no {SUCCESS}: a publish was "
+                    f"interrupted) and no complete earlier version is left in {table}/_previous; "
+                    "re-run the stage that writes it")
+            df = self.spark.read.parquet(url)
         else:
             url = self.url(table)
-        if not self.exists(url):
-            raise FileNotFoundError(f"lake table {table} has no data at {url}")
-        df = self.spark.read.parquet(url)
+            partitions = self.partitions(table)
+            if not partitions:
+                raise FileNotFoundError(f"lake table {table} has no data at {url}")
+            incomplete = [p for p, complete in partitions.items() if not complete]
+            if incomplete:
+                raise IncompletePartition(
+                    f"lake table {table}: partition(s) {incomplete} at {url} are incomplete (no "
+                    f"{SUCCESS}: a publish was interrupted) with no complete earlier version left; "
+                    "re-run the stages that write them")
+            df = self.spark.read.option("basePath", url).parquet(
+                *[self.url(table, p) for p in partitions])
         if table in TABLES:
             check_schema(df, TABLES[table], f"lake table {table} at {url}")
         return df
+
+    def partitions(self, table: str) -> dict[str, bool]:
+        """Every partition directory of `table` (name -> complete), after recovering those that a
+        crash left mid-publish."""
+        pending = {n.rsplit(".", 1)[0] for folder in ("_previous", "_staging")
+                   for n in self.list_dir(self.url(table, folder)) if "." in n}
+        for partition in sorted(pending):
+            self.recover(table, partition)
+        fs, path = self._fs(self.url(table))
+        if not fs.exists(path):
+            return {}
+        marked = {str(s.getPath().getParent().getName())
+                  for s in (fs.globStatus(self._Path(self.url(table, "*", SUCCESS))) or [])}
+        return {name: name in marked for name in self.list_dir(self.url(table))
+                if "=" in name and not name.startswith(("_", "."))}
 
     def read_history(self, table: str, run_date: str, key: str = "dt") -> DataFrame:
         """Every partition of `table` up to and including `run_date` (each dt holds that day's input)."""
@@ -140,6 +202,8 @@ class Lake:
         token = uuid.uuid4().hex[:12]
         staging = self.url(table, "_staging", f"{partition}.{token}")
         df.write.mode("overwrite").parquet(staging)
+        if not self.is_complete(staging):  # a committer configured not to write the marker
+            self.write_bytes(f"{staging}/{SUCCESS}", b"")
         rows = self.spark.read.parquet(staging).count()
         self._swap(table, partition, staging, token)
         return rows
@@ -150,29 +214,71 @@ class Lake:
         self.recover(table, partition)
         token = uuid.uuid4().hex[:12]
         staging = self.url(table, "_staging", f"{partition}.{token}")
-        for name, data in {**files, "_SUCCESS": b""}.items():
+        for name, data in {**files, SUCCESS: b""}.items():  # the marker last
             self.write_bytes(f"{staging}/{name}", data)
         self._swap(table, partition, staging, token)
         return self.partition_url(table, partition)
 
     def _swap(self, table: str, partition: str, staging: str, token: str) -> None:
+        """Put the complete `staging` in place; the complete partition there is kept in
+        `_previous` until the new one is complete, then deleted."""
         target = self.partition_url(table, partition)
         previous = self.url(table, "_previous", f"{partition}.{token}")
-        if self.exists(target):
-            self.rename(target, previous)
-        self.rename(staging, target)
+        if self.is_complete(target):
+            self._move_complete(target, previous)
+        elif self.exists(target):
+            self.delete(target)  # remains without a marker; recover() found no complete copy
+        self._move_complete(staging, target)
         self.delete(previous)
 
+    def _move_complete(self, src: str, dst: str) -> None:
+        """Move a complete directory so that `dst` has its marker only once all of it is there,
+        and `src` keeps its own until then (see the module's docstring)."""
+        if self.atomic_rename:
+            self.rename(src, dst)
+            return
+        self._copy_files(src, dst)
+        self.write_bytes(f"{dst}/{SUCCESS}", b"")
+        self.delete(f"{src}/{SUCCESS}")
+        self.delete(src)
+
+    def _copy_files(self, src: str, dst: str) -> None:
+        """Copy every file under `src` to `dst` except the top-level marker (object by object)."""
+        jvm = self.spark.sparkContext._jvm
+        fs, src_path = self._fs(src)
+        dst_path = self._Path(dst)
+        fs.mkdirs(dst_path)
+        for status in fs.listStatus(src_path):
+            name = str(status.getPath().getName())
+            if name == SUCCESS or name.startswith("."):  # the marker; local checksum files
+                continue
+            jvm.org.apache.hadoop.fs.FileUtil.copy(fs, status.getPath(), fs,
+                                                   self._Path(f"{dst}/{name}"), False, self._hconf)
+
+    def _modified(self, url: str) -> int:
+        fs, path = self._fs(url)
+        return int(fs.getFileStatus(path).getModificationTime())
+
     def recover(self, table: str, partition: str) -> None:
-        """Finish or undo a publish that a crash interrupted; clear abandoned staging data."""
+        """Finish or undo a publish that a crash interrupted; clear abandoned staging data.
+
+        With the partition in place complete: every `_previous` and `_staging` copy of it goes.
+        Without (missing, or no marker): the newest complete `_previous` copy is put back in its
+        place; when there is none, nothing that could hold the last data is deleted (`read()`
+        then says the partition is incomplete)."""
         target = self.partition_url(table, partition)
         prefix = f"{partition}."
-        previous = [n for n in self.list_dir(self.url(table, "_previous")) if n.startswith(prefix)]
-        for name in previous:
-            url = self.url(table, "_previous", name)
-            if not self.exists(target):
-                self.rename(url, target)  # the crash came between the two renames
-            else:
+        previous = [self.url(table, "_previous", n)
+                    for n in self.list_dir(self.url(table, "_previous")) if n.startswith(prefix)]
+        if previous and not self.is_complete(target):
+            complete = [p for p in previous if self.is_complete(p)]
+            if complete:  # the crash came while the new partition was on its way in
+                newest = max(complete, key=lambda p: self._modified(f"{p}/{SUCCESS}"))
+                if self.exists(target):
+                    self.delete(target)
+                self._move_complete(newest, target)
+        if self.is_complete(target):
+            for url in previous:
                 self.delete(url)
         for name in self.list_dir(self.url(table, "_staging")):
             if name.startswith(prefix):
