@@ -14,6 +14,8 @@ from deepmine.ingest import (ENTITY_SPECS, IngestError, classify_transactions, p
                              run_ingest, split_clean, split_quarantine)
 from deepmine.lake import Lake
 
+from csv_reference import reference_records
+
 HEADER = "invoice_id,customer_id,product_id,quantity,unit_price,invoice_ts,country"
 DATE = "2026-11-22"
 
@@ -235,49 +237,6 @@ def test_rfc4180_records_whole_tables(spark, make_config, tmp_path):
         run_ingest(spark, both, DATE, str(tmp_path / "d.csv"))
 
 
-def reference_records(text: str, max_record_lines: int, columns: int) -> list[str]:
-    """The documented record rule, written plainly: a line that ends inside an open quoted field
-    continues on the next lines up to the one that closes it, unless none does within
-    `max_record_lines` more lines or the joined lines do not hold `columns` fields (Python's csv
-    reader counts them); then the line is a record alone."""
-    import csv
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-
-    def ends_open(line: str, inside: bool) -> bool:
-        at_start, i = not inside, 0
-        while i < len(line):
-            c = line[i]
-            if inside:
-                if c == '"' and line[i + 1:i + 2] == '"':
-                    i += 2
-                    continue
-                if c == '"':
-                    inside, at_start = False, False
-            elif at_start and c == '"':
-                inside = True
-                at_start = False
-            else:
-                at_start = c == ","
-            i += 1
-        return inside
-
-    records, i = [], 1  # line 0 is the header
-    while i < len(lines):
-        if ends_open(lines[i], False):
-            j = next((j for j in range(i + 1, min(i + 1 + max_record_lines, len(lines)))
-                      if not ends_open(lines[j], True)), None)
-            joined = "\n".join(lines[i:j + 1]) if j is not None else ""
-            if j is not None and len(next(csv.reader([joined]))) == columns:
-                records.append(joined)
-                i = j + 1
-                continue
-        records.append(lines[i])
-        i += 1
-    return records
-
-
 @pytest.mark.parametrize("seed", [3, 4])
 def test_records_match_python_csv_across_splits(spark, make_config, tmp_path, seed):
     """Random fields with line breaks, quotes and delimiters, written by Python's csv module, and
@@ -306,7 +265,7 @@ def test_records_match_python_csv_across_splits(spark, make_config, tmp_path, se
         counts = run_ingest(spark, config, DATE, str(tmp_path / "rand.csv"))
     finally:
         spark.conf.unset("spark.sql.files.maxPartitionBytes")
-    records = reference_records(text, config.ingest.max_record_lines, 7)
+    records = reference_records(text.split("\n")[:-1], config.ingest.max_record_lines, 7)
     assert counts["rows_read"] == len(records) == 300
     clean, quarantine = _tables(spark, config)
     assert quarantine.count() == 0
