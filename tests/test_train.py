@@ -44,7 +44,8 @@ def trained_lake(spark, tmp_path_factory):
         "features.image_source=synthetic", "features.synthetic_images=1400",
         "features.row_groups=4", "rfm.k_max=5",
         "train.epochs=1", "train.pretrain_epochs=1", "train.dec_max_epochs=1",
-        "train.kmeans_n_init=3", "train.shuffle_buffer=256"])
+        "train.kmeans_n_init=3", "train.shuffle_buffer=256",
+        "train.budget_seconds=0"])  # epochs, not the clock, end these runs on a busy machine
     run_ingest(spark, config, D, config.input.transactions, "transactions")
     run_rfm(spark, config, D)
     run_features(spark, config, D)

@@ -128,6 +128,11 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
             dec_variant=t.dec_variant, dec_gamma=t.dec_gamma, dec_tolerance=t.dec_tolerance,
             kmeans_n_init=t.kmeans_n_init, **common)
         needed = row_groups
+    # small data: a smaller batch, so that an epoch still takes MIN_STEPS_PER_EPOCH steps per rank
+    # (1,500 images on 2 ranks at 128 a batch made 6 steps an epoch: a budget spent on epochs'
+    # fixed costs instead of learning)
+    trained_rows = sum(p.rows for p in parts if p.split in (None, "train"))
+    args.batch_size = batch_for(args.batch_size, trained_rows, t.num_proc)
     if needed < t.num_proc:
         raise ValueError(f"{name}: {needed} row groups for {t.num_proc} ranks; Petastorm gives "
                          "each rank whole row groups: raise features.row_groups and re-run features")
@@ -140,6 +145,16 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     described["run_date"] = run_date
     args.fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
     return args
+
+
+MIN_STEPS_PER_EPOCH = 25
+MIN_BATCH = 16
+
+
+def batch_for(batch_size: int, rows: int, ranks: int) -> int:
+    """The configured batch size per rank, made smaller (down to MIN_BATCH) where the rows
+    would give a rank fewer than MIN_STEPS_PER_EPOCH steps an epoch."""
+    return max(min(batch_size, MIN_BATCH), min(batch_size, rows // max(ranks * MIN_STEPS_PER_EPOCH, 1)))
 
 
 def image_autoencoder_spec(config: Config, input_shift: float = 0.0,
@@ -321,6 +336,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         train_samples = sum(h.get("samples", 0) for h in history)
         metrics.update(
             spec=args.spec, epochs_run=len(history), ranks=config.train.num_proc,
+            batch_size=args.batch_size,
             launcher=config.train.launcher,
             best_epoch=summary.get("best_epoch"), stop_reason=summary.get("stop_reason"),
             pretrain_stop_reason=summary.get("pretrain_stop_reason"),

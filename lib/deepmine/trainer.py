@@ -35,11 +35,12 @@ weights. DEC/IDEC's own epochs have no fixed objective to validate (the target m
 they stop on `dec_tolerance`, `dec_max_epochs` or the budget. The summary (`summary` in the final
 checkpoint) says how many epochs ran, the best epoch and why each phase stopped.
 
-Detect failure, then recover. An attempt fails when a loss is not finite (`nan_loss`), when the
-validation loss stopped improving (patience ran out) no better than STALL_RATIO x the loss of a
-model that learned nothing (`stalled`: the mean row for an autoencoder, the class
-frequencies for the CNN), when the
-embeddings of every row have (near) zero spread (`embedding_collapsed`), or when one cluster holds
+Detect failure, then recover. An attempt fails when a loss is not finite (`nan_loss`); when the
+best validation loss is no better than STALL_RATIO x the loss of a model that learned nothing
+(`stalled`: the mean row for an autoencoder, the class frequencies for the CNN; judged when
+patience ran out, or at the most epochs after more than the patience, never on a budget stop:
+slow is not dead, and the quality gate judges that model); when the embeddings of every row have
+(near) zero spread (`embedding_collapsed`); or when one cluster holds
 more than COLLAPSE_SHARE of the rows (`one_cluster`). Then, up to `max_retries` times, it starts
 again from a fresh initialization (seed + RETRY_SEED_STEP x attempt) at `recovery_lr_factor` times
 the previous learning rate, with a fresh budget; every attempt is in the summary (`attempts`) and
@@ -510,8 +511,11 @@ def _train_cnn(args, r, model, params, optimizer, store, state, device, ctx) -> 
                    "attempts": ctx["attempts"]})
         else:
             break
-    # judged when the loss stopped moving (patience ran out), not when time or epochs ran out
-    if failure is None and stop_reason == "patience" and stalled(stop.best_loss, trivial):
+    # judged when the loss stopped moving (patience ran out) or after more epochs than the
+    # patience; not when the budget cut it short (slow is not dead: the gate judges that model)
+    if failure is None and (stop_reason == "patience" or (
+            stop_reason == "max_epochs" and len(history) > args.patience)) \
+            and stalled(stop.best_loss, trivial):
         failure = "stalled"
     if best_model is not None and failure != "nan_loss":
         model.load_state_dict(best_model)
@@ -747,8 +751,11 @@ def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> 
         pretrain_end, pretrain_stop = next_epoch, reason
         if best_model is not None and reason != "nan_loss":
             model.load_state_dict(best_model)  # the best epoch's weights, on every rank
-        # judged when the loss stopped moving (patience ran out), not when time or epochs ran out
-        if failure is None and reason == "patience" and stalled(stop.best_loss, trivial):
+        # judged when the loss stopped moving (patience ran out) or after more epochs than the
+        # patience; not when the budget cut it short (slow is not dead: the gate judges that model)
+        if failure is None and (reason == "patience" or (
+                reason == "max_epochs" and next_epoch > args.patience)) \
+                and stalled(stop.best_loss, trivial):
             failure = "stalled"
         r.log(f"{args.log_prefix} pretraining stopped ({reason}) after {next_epoch} epochs; "
               f"best epoch {stop.best_epoch + 1}, val reconstruction {stop.best_loss:.5f} (the "
