@@ -12,6 +12,8 @@ standardized over the customers (mean 0, sd 1), in this order (names also in the
   `return_line_share` (return lines / all lines).
 - `share_<category>`: the customer's purchase spend per product category (categories from the
   `input.products` CSV, sorted by name; spend on products missing from it is in `share_other`).
+  `input.products: ""` leaves the shares out (said in the log); a named file that is missing is
+  an error, as in the rules stage.
 
 Blocks are weighted after standardizing: each RFM entry weighs 1; the basket block and the share
 block are scaled to a total standard deviation of `features.basket_weight` (0.5) and
@@ -22,7 +24,8 @@ on the unweighted vector finds the planted groups with ARI 0.57, on the weighted
 Images: `features` = height*width intensities / 255 (row-major) and `label` (-1 when unknown),
 from `clean/images` (every dt <= D, the latest version of each image_id) when images were ingested;
 else Fashion-MNIST read from its Debian package when installed; else synthetic shapes
-(`synthetic_images`). `features.image_limit_train/test` keep a seeded sample per split.
+(`synthetic_images`): with `features.image_source: auto` that fallback is a warning in the log, the
+manifest's `warnings` and the report. `features.image_limit_train/test` keep a seeded sample per split.
 
 Layout for Petastorm. Petastorm shards a dataset by row group (row group i goes to rank
 i % num_proc), so a rank's share is the rows of its row groups. Each table is written as exactly
@@ -143,13 +146,22 @@ def customer_features(transactions: DataFrame, run_date: str, rfm: DataFrame,
 
 
 def read_products(spark: SparkSession, path: str) -> DataFrame | None:
-    """The `input.products` CSV (product_id,category_id,category,list_price), or None if unset."""
+    """The `input.products` CSV (product_id,category_id,category,list_price), or None if unset.
+
+    A products file that is named but missing or unreadable is an error (ConfigError, exit 2), as
+    it is for the rules stage: a wrong path must not quietly drop the category features."""
     if not path:
         return None
     url = path if "://" in path else Path(path).resolve().as_uri()
     if "://" not in path and not Path(path).exists():
-        return None
-    df = spark.read.option("header", True).csv(url)
+        raise ConfigError(f"input.products {path}: file not found (the products file gives each "
+                          "product's category: product_id,category); set input.products to it, "
+                          "or to \"\" for customer features without category shares")
+    try:
+        df = spark.read.option("header", True).csv(url)
+    except Exception as e:  # noqa: BLE001 - Spark's AnalysisException: path does not exist
+        raise ConfigError(f"input.products {path} cannot be read: "
+                          f"{str(e).splitlines()[0]}") from None
     missing = {"product_id", "category"} - set(df.columns)
     if missing:
         raise ConfigError(f"input.products {path}: missing column(s) {sorted(missing)}; expected "
@@ -358,6 +370,9 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
                 rfm, rfm_source = rfm_values(transactions, run_date, config.rfm.returns), \
                     "clean/transactions"
             products = read_products(spark, config.input.products)
+            if products is None:
+                run.log("[features] input.products is empty: customer vectors without category "
+                        "shares")
             vectors, names = customer_features(transactions, run_date, rfm, products,
                                                cfg.basket_weight, cfg.category_weight)
             vectors = with_row_ids(vectors, "customer_id", cfg.seed)
@@ -374,6 +389,12 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
             run.counts["customers"] = 0
 
         raw, source = image_source(spark, lake, config, run_date)
+        if source == "synthetic" and cfg.image_source == "auto":
+            run.warn(f"no image set found (no clean/images for {run_date}, Fashion-MNIST not "
+                     f"installed or not {config.images.height}x{config.images.width}): the image "
+                     f"models train on {cfg.synthetic_images} synthetic shapes, not product "
+                     "photos (apt-get install dataset-fashion-mnist, or ingest --entity images; "
+                     "features.image_source: synthetic says this is meant)")
         images = decode_pixels(raw, config.images.height, config.images.width)
         images = images.select("image_id", F.coalesce(F.col("label").cast("long"), F.lit(-1))
                                .alias("label"), "split", "features")

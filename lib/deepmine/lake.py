@@ -428,6 +428,9 @@ class StageRun:
     Status: `failed` when the block raises; `degraded` when it finished and published but called
     `degrade()` (a model that does not beat its baseline, a clustering that collapsed, ...): the
     reasons go to the manifest's `degraded_reasons` and the log; `ok` otherwise.
+    `warn()` records what the operator should know about an `ok` stage (a fallback it took: the
+    synthetic images standing in for a missing image set) in the manifest's `warnings`, the log
+    and the report.
     """
 
     def __init__(self, lake: Lake, run_date: str, stage: str, log: Callable[[str], None] = print):
@@ -436,11 +439,17 @@ class StageRun:
         self.metrics: dict[str, Any] = {}
         self.outputs: dict[str, str] = {}
         self.degraded_reasons: list[str] = []
+        self.warnings: list[str] = []
 
     def degrade(self, reason: str) -> None:
         """Mark the stage `degraded` (published, but not trustworthy) with a reason; logged now."""
         self.degraded_reasons.append(reason)
         self.log(f"[{self.stage}] DEGRADED: {reason}")
+
+    def warn(self, message: str) -> None:
+        """Record a fallback or oddity the operator should see (manifest `warnings`, log, report)."""
+        self.warnings.append(message)
+        self.log(f"[{self.stage}] WARNING: {message}")
 
     @property
     def status(self) -> str:
@@ -467,6 +476,8 @@ class StageRun:
             record["error"] = f"{exc_type.__name__}: {exc}"
         if self.degraded_reasons:
             record["degraded_reasons"] = list(self.degraded_reasons)
+        if self.warnings:
+            record["warnings"] = list(self.warnings)
         self.manifest_url = self.lake.record_stage(self.run_date, self.stage, record)
         status = "FAILED" if exc_type else ("DEGRADED" if self.degraded_reasons else "done")
         summary = " ".join(f"{k}={v}" for k, v in self.counts.items() if not isinstance(v, dict))

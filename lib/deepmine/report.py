@@ -93,10 +93,12 @@ STATUS_MEANING = {"ok": "done", "failed": "failed (the error is in the table)",
 
 
 def _stage_note(rec: dict) -> str:
-    """What an operator needs to read beside a stage's status."""
-    if rec.get("status") == "degraded":
-        return "; ".join(map(str, rec.get("degraded_reasons", [])))
-    return str(rec.get("error", ""))
+    """What an operator needs to read beside a stage's status: the error, the reasons it is
+    degraded, the warnings (fallbacks it took)."""
+    notes = [str(rec["error"])] if rec.get("error") else []
+    notes += [str(r) for r in rec.get("degraded_reasons", [])]
+    notes += [f"warning: {w}" for w in rec.get("warnings", [])]
+    return "; ".join(notes)
 
 
 def section_overview(ctx: "ReportContext") -> Section | None:
@@ -129,6 +131,11 @@ def section_overview(ctx: "ReportContext") -> Section | None:
             f"<span class='status-{html.escape(str(r.status))}'>{html.escape(str(r.stage))}: "
             f"{html.escape(str(r.status))}</span> ({html.escape(STATUS_MEANING.get(r.status, ''))})"
             for r in bad.itertuples()) + "</p>"
+    warnings = [(name, w) for name, rec in stages.items() for w in rec.get("warnings", [])]
+    if warnings:
+        summary += "<p class='warnings'>" + "<br>".join(
+            f"<span class='warning'>{html.escape(name)}: warning</span>: {html.escape(str(w))}"
+            for name, w in warnings) + "</p>"
     cells = df.assign(stage=df["stage"].map(lambda v: html.escape(str(v))),
                       note=df["note"].map(lambda v: html.escape(str(v))),
                       status=df["status"].map(lambda v: f"<span class='status-{html.escape(str(v))}'>"
@@ -211,14 +218,17 @@ def section_recommend(ctx: "ReportContext") -> Section | None:
              if not k.startswith("baseline_") and isinstance(v, (int, float))]
     if not pairs:
         return None
-    df = pd.DataFrame(pairs, columns=["metric", "als", "popularity baseline"])
+    # the baseline by its name: item means for ratings (explicit), popularity for purchases
+    baseline = "item means" if metrics.get("feedback") == "explicit" else "popularity"
+    df = pd.DataFrame(pairs, columns=["metric", "als", f"{baseline} baseline"])
     both = df.dropna()
-    body = _table(df)
+    body = _training_gate(rec, metrics) if "_training_gate" in globals() else ""
+    body += _table(df)
     if not both.empty:
         fig, ax = _figure(6.5, 3)
         x = np.arange(len(both))
         ax.bar(x - 0.2, both["als"], 0.4, label="ALS")
-        ax.bar(x + 0.2, both["popularity baseline"], 0.4, label="popularity")
+        ax.bar(x + 0.2, both[f"{baseline} baseline"], 0.4, label=baseline)
         ax.set_xticks(x, both["metric"], rotation=30, ha="right")
         ax.legend()
         ax.set_title("recommendations on the held-out split")
@@ -279,6 +289,15 @@ def _training_curves(name: str, hist: pd.DataFrame) -> str:
 
 def section_training(ctx: "ReportContext") -> Section | None:
     body = ""
+    stages = ctx.manifest.get("stages", {})
+    images = (stages.get("features") or {}).get("metrics", {}).get("images", {})
+    if images.get("source") and any(n.startswith("train") and n.endswith(("images", "cnn"))
+                                    for n in stages):
+        source = images["source"]
+        body += (f"<p class='image-source'>The image models trained on images from "
+                 f"<b>{html.escape(str(source))}</b>"
+                 + (" (synthetic shapes: not product photos)" if source == "synthetic" else "")
+                 + ".</p>")
     for name, rec in ctx.manifest.get("stages", {}).items():
         if not name.startswith("train"):
             continue
@@ -412,6 +431,7 @@ img.plot{max-width:100%;display:block;margin:.8em 0}
 nav a{margin-right:1em}
 .status-ok{color:#2e86c1} .status-failed{color:#c0392b;font-weight:bold}
 .status-degraded{color:#b7950b;font-weight:bold} .status-skipped{color:#7f8c8d;font-style:italic}
+.warning{color:#b7950b;font-weight:bold}
 """
 
 
