@@ -1,7 +1,7 @@
 """The sample converters against facts known about each dataset, independently of the converter.
 
 No Spark here. A dataset whose package is not installed is skipped, the reason naming the command
-that installs it.
+that installs it; under CI=true it fails instead.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import missing_sample
 
 from deepmine import samples
 from deepmine.samples import SAMPLES, SampleUnavailable, write_samples
@@ -22,7 +23,7 @@ def _sources_or_skip(name: str) -> dict[str, Path]:
     try:
         return samples.source_paths(name)
     except SampleUnavailable as e:
-        pytest.skip(reason=e.command)
+        missing_sample(name, e.command)  # a skip here, a failure under CI=true
 
 
 @pytest.fixture(scope="module")
@@ -215,3 +216,21 @@ def test_missing_packages_are_reported_or_raised(tmp_path, monkeypatch):
         with pytest.raises(SampleUnavailable) as e:
             write_samples(tmp_path / "out", only=[name])
         assert samples.install_command(name) in str(e.value)
+
+
+@pytest.mark.parametrize("ci", ["true", ""])
+def test_a_missing_sample_fails_in_ci_and_skips_elsewhere(tmp_path, monkeypatch, ci):
+    """Under CI=true a real-data check whose package is missing fails (CI cannot go green without
+    it); elsewhere it is skipped with the install command."""
+    from conftest import sample_or_skip
+    monkeypatch.setattr(samples.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setenv("CI", ci)
+    outcome = pytest.fail.Exception if ci else pytest.skip.Exception
+    for check in (lambda: _sources_or_skip("cdnow"), lambda: sample_or_skip(tmp_path, "cdnow")):
+        with pytest.raises(outcome, match="pip install --no-deps lifetimes=="):
+            check()
+
+
+def test_ci_run_sets_ci_true():
+    ci_run = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    assert "export CI=true" in ci_run
