@@ -317,6 +317,30 @@ def test_implicit_stage_beats_popularity_and_records_the_manifest(implicit_run):
         f"mining/recommendations/run_date={RUN_DATE}")
 
 
+def test_below_baseline_names_the_baseline():
+    assert rec.below_baseline({"ndcg_at_10": 0.2, "baseline_ndcg_at_10": 0.1}, True, 10) is None
+    assert "popularity" in rec.below_baseline(
+        {"ndcg_at_10": 0.1, "baseline_ndcg_at_10": 0.1}, True, 10)
+    assert rec.below_baseline({"rmse": 0.9, "baseline_rmse": 1.0}, False, 10) is None
+    assert "item means" in rec.below_baseline({"rmse": 1.1, "baseline_rmse": 1.0}, False, 10)
+    assert rec.below_baseline({"rmse": None, "baseline_rmse": None}, False, 10) is None
+
+
+def test_a_broken_set_up_is_published_degraded_not_ok(implicit_run, spark):
+    """ALS that cannot learn (regularization 1000, one sweep, no tuning) ranks no better than
+    popularity: the lists are published, the stage says degraded and why."""
+    config = load_config(None, [f"lake.root={implicit_run['config'].lake.root}",
+                                "spark.ui_enabled=false", "recommend.num_blocks=2",
+                                "recommend.tune=false", "recommend.reg_param=1000",
+                                "recommend.max_iter=1"])
+    rec.run_recommend(spark, config, RUN_DATE)
+    lake = implicit_run["lake"]
+    record = lake.read_manifest(RUN_DATE)["stages"]["recommend"]
+    assert record["status"] == "degraded"
+    assert "does not beat popularity" in record["degraded_reasons"][0]
+    assert record["counts"]["recommendations"] > 0
+
+
 def test_explicit_stage_with_tuning(spark, make_config):
     """Ratings with a planted rank-2 structure; recommendations exclude rated items; the grid and
     the point it chose are in the manifest, and rank 2 wins."""

@@ -26,15 +26,21 @@ Evaluation (`recommend.evaluate`), on a held-out split, before the final fit
             both occur in training (the rest are counted as `test_cold_dropped`), beside a baseline
             that predicts each item's mean training rating, on the same pairs.
 
-Tuning (`recommend.tune`, off by default): the training part is split again the same way, each point
-of tune_rank x tune_reg_param (x tune_alpha, implicit) is fit on the rest and scored on that
+Tuning (`recommend.tune`, off by default): the training part is split again the same way, each
+point of tune_rank x tune_reg_param (x tune_alpha, implicit) is fit on the rest and scored on that
 validation part (NDCG@k implicit, RMSE explicit); the best point is used for the evaluation and the
 final fit, and the whole grid goes into the manifest.
 
+Quality gate: when ALS does not beat its baseline on the held-out split (NDCG@k against
+popularity, implicit; RMSE against item means, explicit) the lists are still published and the
+stage ends `degraded` with the reason (below_baseline).
+
 Final recommendations: ALS fit on all history up to the run date. Every customer the model knows
-gets its `top_n` best products among those it has not bought (rated), `source = als`; every other
+gets its `top_n` best products among those it has not bought (rated), `source = als`, scored
+exactly against every product in numpy blocks on the executors (top_unseen_als); every other
 customer in the history (e.g. one with only returns) gets the most popular products it has not
-bought, `source = popularity`.
+bought, `source = popularity`. With `recommend.biases` (explicit) ALS learns the residual of damped
+user and item biases, which are added back to every score.
 
 ALS needs integer ids: customer and product ids are indexed in alphabetical order (StringIndexer),
 so the same history gives the same indices, and mapped back by joins. With the same history, seed
@@ -49,7 +55,6 @@ import dataclasses
 import itertools
 import math
 from dataclasses import dataclass
-from functools import reduce
 from typing import Any
 
 from pyspark.ml.feature import StringIndexer
@@ -81,13 +86,17 @@ class AlsParams:
     seed: int
     checkpoint_interval: int
     num_blocks: int
+    biases: bool = False  # explicit only: ALS learns the residual of damped user and item biases
+    bias_damping: float = 10.0
 
     @classmethod
     def from_config(cls, cfg: RecommendConfig, default_blocks: int) -> "AlsParams":
-        return cls(implicit=cfg.feedback == "implicit", rank=cfg.rank, reg_param=cfg.reg_param,
+        implicit = cfg.feedback == "implicit"
+        return cls(implicit=implicit, rank=cfg.rank, reg_param=cfg.reg_param,
                    alpha=cfg.alpha, max_iter=cfg.max_iter, seed=cfg.seed,
                    checkpoint_interval=cfg.checkpoint_interval,
-                   num_blocks=cfg.num_blocks or max(1, default_blocks))
+                   num_blocks=cfg.num_blocks or max(1, default_blocks),
+                   biases=cfg.biases and not implicit, bias_damping=cfg.bias_damping)
 
     def estimator(self) -> ALS:
         return ALS(rank=self.rank, maxIter=self.max_iter, regParam=self.reg_param,
@@ -101,6 +110,8 @@ class AlsParams:
                                "max_iter": self.max_iter}
         if self.implicit:
             out["alpha"] = self.alpha
+        if self.biases:
+            out["biases"] = True
         return out
 
 
@@ -183,39 +194,84 @@ def new_relevant(test_lines: DataFrame, train: DataFrame) -> DataFrame:
 # =============================================================== models
 
 @dataclass
+class Biases:
+    """Damped baseline predictors (Koren 2008): rating ~ mean + user bias + item bias.
+    item bias = sum(r - mean) / (n_item + damping); user bias = sum(r - mean - item bias) /
+    (n_user + damping); the damping pulls the biases of rarely rated items and users to 0."""
+    mean: float
+    users: DataFrame  # customer_id, _b_user
+    items: DataFrame  # product_id, _b_item
+
+    @classmethod
+    def fit(cls, ratings: DataFrame, damping: float) -> "Biases":
+        mean = ratings.agg(F.avg(STRENGTH)).first()[0]
+        items = (ratings.groupBy(PRODUCT)
+                 .agg((F.sum(F.col(STRENGTH) - mean) / (F.count(F.lit(1)) + damping))
+                      .alias("_b_item")).persist())
+        users = (ratings.join(F.broadcast(items), PRODUCT)
+                 .groupBy(CUSTOMER)
+                 .agg((F.sum(F.col(STRENGTH) - mean - F.col("_b_item"))
+                       / (F.count(F.lit(1)) + damping)).alias("_b_user")).persist())
+        return cls(float(mean), users, items)
+
+    def add(self, pairs: DataFrame, column: str) -> DataFrame:
+        """`column` += mean + user bias + item bias (pairs of known users and items)."""
+        return (pairs.join(self.users, CUSTOMER).join(F.broadcast(self.items), PRODUCT)
+                .withColumn(column, F.col(column) + F.lit(self.mean) + F.col("_b_user")
+                            + F.col("_b_item")).drop("_b_user", "_b_item"))
+
+    def unpersist(self) -> None:
+        self.users.unpersist()
+        self.items.unpersist()
+
+
+@dataclass
 class FittedAls:
-    """An ALS model with the id maps between deepmine's string ids and ALS's integer ids."""
+    """An ALS model with the id maps between deepmine's string ids and ALS's integer ids, and the
+    biases it learned the residual of (explicit with recommend.biases)."""
     model: ALSModel
     users: DataFrame  # customer_id, _user
     items: DataFrame  # product_id, _item
     n_items: int
+    biases: Biases | None = None
     _cached: tuple[DataFrame, ...] = ()
 
     def unpersist(self) -> None:
         for df in self._cached:
             df.unpersist()
+        if self.biases is not None:
+            self.biases.unpersist()
         self.model.userFactors.unpersist()
         self.model.itemFactors.unpersist()
 
 
 def fit_als(interactions: DataFrame, params: AlsParams) -> FittedAls:
-    """Fit ALS on (customer_id, product_id, strength)."""
+    """Fit ALS on (customer_id, product_id, strength); with params.biases, on the residual of the
+    damped biases."""
+    interactions = interactions.select(CUSTOMER, PRODUCT, STRENGTH)
+    biases = None
+    if params.biases:
+        biases = Biases.fit(interactions, params.bias_damping)
+        interactions = biases.add(interactions.withColumn("_base", F.lit(0.0)), "_base") \
+            .select(CUSTOMER, PRODUCT, (F.col(STRENGTH) - F.col("_base")).alias(STRENGTH))
     indexer = StringIndexer(inputCols=[CUSTOMER, PRODUCT], outputCols=[USER, ITEM],
                             stringOrderType="alphabetAsc").fit(interactions)
-    indexed = (indexer.transform(interactions.select(CUSTOMER, PRODUCT, STRENGTH))
+    indexed = (indexer.transform(interactions)
                .withColumn(USER, F.col(USER).cast("int")).withColumn(ITEM, F.col(ITEM).cast("int"))
                .persist())
     users = indexed.select(CUSTOMER, USER).distinct().persist()
     items = indexed.select(PRODUCT, ITEM).distinct().persist()
     model = params.estimator().fit(indexed.select(USER, ITEM, STRENGTH))
-    return FittedAls(model, users, items, items.count(), (indexed, users, items))
+    return FittedAls(model, users, items, items.count(), biases, (indexed, users, items))
 
 
 def predict(fitted: FittedAls, pairs: DataFrame) -> DataFrame:
     """Adds `prediction` to (customer_id, product_id, ...) rows whose customer and product the model
     knows; other rows are dropped."""
     known = pairs.join(fitted.users, CUSTOMER).join(F.broadcast(fitted.items), PRODUCT)
-    return fitted.model.transform(known).drop(USER, ITEM)
+    predicted = fitted.model.transform(known).drop(USER, ITEM) \
+        .withColumn("prediction", F.col("prediction").cast("double"))
+    return predicted if fitted.biases is None else fitted.biases.add(predicted, "prediction")
 
 
 def _seen_counts(targets: DataFrame, seen: DataFrame) -> DataFrame:
@@ -231,30 +287,75 @@ def _top_n(candidates: DataFrame, seen: DataFrame, n: int, *order) -> DataFrame:
             .select(CUSTOMER, PRODUCT, "rank", F.col("score").cast("double").alias("score")))
 
 
-def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
-    """The n best-scored products per target customer that it has not seen; customers the model
-    does not know get none. -> customer_id, product_id, rank, score.
+# scores computed at once per Python worker: users x items doubles (about 16 MB)
+SCORE_BLOCK_CELLS = 2_000_000
 
-    ALS's own top-k cannot exclude, so each customer asks for n + (its seen count rounded up to
-    a power of 4, at least 64) and the seen ones are dropped after: customers are grouped by that
-    rounded count (one ALS call per group) so a heavy buyer does not make every list long.
+
+def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
+    """The n best-scored products per target customer that it has not seen (ties: product_id);
+    customers the model does not know get none. -> customer_id, product_id, rank, score.
+
+    Exact: every target's scores against every item (user factors . item factors, plus the biases
+    when the model has them) in numpy blocks inside the executors, with the customer's seen items
+    masked before the top n are taken; the item factors travel with the function (items x rank
+    floats). One pass, no join per candidate and no over-asking to make room for seen items.
     """
-    targets = _seen_counts(targets.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER), seen)
-    bucket = F.greatest(F.lit(3), F.ceil(F.log2(F.greatest("_n_seen", F.lit(1))) / 2)).cast("int")
-    targets = targets.withColumn("_bucket", bucket)
-    buckets = sorted(r[0] for r in targets.select("_bucket").distinct().collect())
-    parts = []
-    for b in buckets:
-        size = min(n + 4 ** b, fitted.n_items)
-        parts.append(fitted.model.recommendForUserSubset(
-            targets.where(F.col("_bucket") == b).select(USER), size))
-    if not parts:
-        return _empty_recommendations(targets.sparkSession)
-    recs = (reduce(DataFrame.unionByName, parts)
-            .select(USER, F.explode("recommendations").alias("r"))
-            .select(USER, F.col(f"r.{ITEM}").alias(ITEM), F.col("r.rating").alias("score"))
-            .join(fitted.users, USER).join(F.broadcast(fitted.items), ITEM))
-    return _top_n(recs, seen, n, F.col("score").desc(), F.col(PRODUCT))
+    import numpy as np
+    import pandas as pd
+
+    spark = targets.sparkSession
+    item_rows = fitted.model.itemFactors.collect()
+    if not item_rows:
+        return _empty_recommendations(spark)
+    n_items = max(r["id"] for r in item_rows) + 1
+    item_factors = np.zeros((n_items, fitted.model.rank))
+    for r in item_rows:
+        item_factors[r["id"]] = r["features"]
+    item_bias = np.zeros(n_items)
+    user_frame = fitted.model.userFactors.select(F.col("id").alias(USER),
+                                                 F.col("features").alias("_factors"))
+    target_users = targets.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER)
+    if fitted.biases is None:
+        target_users = target_users.withColumn("_offset", F.lit(0.0))
+    else:
+        for r in fitted.biases.items.join(F.broadcast(fitted.items), PRODUCT).collect():
+            item_bias[r[ITEM]] = r["_b_item"]
+        target_users = (target_users.join(fitted.biases.users, CUSTOMER)
+                        .select(CUSTOMER, USER, (F.col("_b_user") + F.lit(fitted.biases.mean))
+                                .alias("_offset")))
+    seen_items = (seen.select(CUSTOMER, PRODUCT).join(F.broadcast(fitted.items), PRODUCT)
+                  .groupBy(CUSTOMER).agg(F.collect_list(ITEM).alias("_seen")))
+    rows = (target_users.join(seen_items, CUSTOMER, "left").join(user_frame, USER)
+            .select(CUSTOMER, "_offset", "_factors", "_seen"))
+    block = max(1, SCORE_BLOCK_CELLS // n_items)
+
+    def best(batches):
+        for frame in batches:
+            for start in range(0, len(frame), block):
+                part = frame.iloc[start:start + block]
+                scores = (np.stack(part["_factors"].to_numpy()).astype(np.float64) @ item_factors.T
+                          + item_bias + part["_offset"].to_numpy()[:, None])
+                seen_lists = [s if s is not None else [] for s in part["_seen"]]
+                lengths = np.fromiter((len(s) for s in seen_lists), int, len(seen_lists))
+                if lengths.sum():
+                    scores[np.repeat(np.arange(len(part)), lengths),
+                           np.concatenate([np.asarray(s, int) for s in seen_lists])] = -np.inf
+                take = min(n, n_items)
+                top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+                top_scores = np.take_along_axis(scores, top, axis=1)
+                order = np.lexsort((top, -top_scores), axis=1)  # score desc, then item (product) asc
+                top = np.take_along_axis(top, order, axis=1)
+                top_scores = np.take_along_axis(top_scores, order, axis=1)
+                keep = np.isfinite(top_scores)
+                ranks = np.broadcast_to(np.arange(1, take + 1), top.shape)
+                yield pd.DataFrame({
+                    CUSTOMER: np.repeat(part[CUSTOMER].to_numpy(), take).reshape(top.shape)[keep],
+                    ITEM: top[keep].astype("int32"), "rank": ranks[keep].astype("int32"),
+                    "score": top_scores[keep]})
+
+    out = rows.mapInPandas(best, f"{CUSTOMER} string, {ITEM} int, rank int, score double")
+    return (out.join(F.broadcast(fitted.items), ITEM)
+            .select(CUSTOMER, PRODUCT, "rank", "score"))
 
 
 def popularity(interactions: DataFrame) -> DataFrame:
@@ -306,20 +407,31 @@ def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int) -> dict
     the definitions of Spark's RankingMetrics (precisionAt, recallAt, meanAveragePrecisionAt,
     ndcgAt).
     """
-    relevant = relevant.select(CUSTOMER, PRODUCT).distinct()
-    n_relevant = relevant.groupBy(CUSTOMER).agg(F.count(F.lit(1)).alias("_n_rel"))
-    hits = (recommended.where(F.col("rank") <= k).select(CUSTOMER, PRODUCT, "rank")
-            .join(relevant.withColumn("_hit", F.lit(1)), [CUSTOMER, PRODUCT], "left")
-            .fillna(0, ["_hit"]))
-    upto = Window.partitionBy(CUSTOMER).orderBy("rank").rowsBetween(Window.unboundedPreceding,
-                                                                    Window.currentRow)
-    hits = hits.withColumn("_hits_upto", F.sum("_hit").over(upto))
-    per_customer = hits.groupBy(CUSTOMER).agg(
-        F.sum("_hit").alias("_hits"),
-        F.sum(F.col("_hit") * F.col("_hits_upto") / F.col("rank")).alias("_ap_sum"),
-        F.sum(F.col("_hit") / F.log2(F.col("rank") + 1)).alias("_dcg"))
-    per_customer = (n_relevant.join(per_customer, CUSTOMER, "left")
-                    .fillna(0, ["_hits", "_ap_sum", "_dcg"]))
+    # one row per customer with a relevant product: its relevant set and its list (sorted by rank)
+    # side by side, one join; the sums run over the list with higher-order functions
+    relevant = (relevant.select(CUSTOMER, PRODUCT).distinct().groupBy(CUSTOMER)
+                .agg(F.collect_set(PRODUCT).alias("_rel")))
+    lists = (recommended.where(F.col("rank") <= k).groupBy(CUSTOMER)
+             .agg(F.array_sort(F.collect_list(F.struct(F.col("rank").alias("r"),
+                                                       F.col(PRODUCT).alias("p")))).alias("_recs")))
+    per_customer = relevant.join(lists, CUSTOMER, "left").select(
+        F.size("_rel").alias("_n_rel"),
+        F.coalesce("_recs", F.array().cast("array<struct<r:int,p:string>>")).alias("_recs"),
+        "_rel")
+
+    def hit(x):
+        return F.array_contains(F.col("_rel"), x["p"])
+    ap = F.aggregate("_recs", F.struct(F.lit(0).alias("c"), F.lit(0.0).alias("s")),
+                     lambda acc, x: F.when(hit(x), F.struct((acc["c"] + 1).alias("c"),
+                                                            (acc["s"] + (acc["c"] + 1) / x["r"])
+                                                            .alias("s"))).otherwise(acc),
+                     lambda acc: acc["s"])
+    per_customer = per_customer.select(
+        "_n_rel",
+        F.size(F.filter("_recs", hit)).alias("_hits"),
+        ap.alias("_ap_sum"),
+        F.aggregate("_recs", F.lit(0.0), lambda acc, x: acc + F.when(
+            hit(x), 1.0 / F.log2(x["r"] + 1)).otherwise(0.0)).alias("_dcg"))
     ideal = F.aggregate(F.sequence(F.lit(1), F.least("_n_rel", F.lit(k))), F.lit(0.0),
                         lambda acc, i: acc + 1.0 / F.log2(i + 1))
     row = per_customer.agg(
@@ -377,7 +489,7 @@ def score_explicit(train: DataFrame, test: DataFrame, params: AlsParams,
     try:
         low, high = train.agg(F.min(STRENGTH), F.max(STRENGTH)).first()
         predicted = (predict(fitted, test.select(CUSTOMER, PRODUCT, STRENGTH))
-                     .withColumn("prediction", F.least(F.greatest(F.col("prediction").cast("double"),
+                     .withColumn("prediction", F.least(F.greatest(F.col("prediction"),
                                                                   F.lit(low)), F.lit(high)))
                      .persist())
         als = rating_metrics(predicted)
@@ -452,7 +564,8 @@ def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[
     metrics = dict(scored["als"])
     metrics.update({f"baseline_{name}": value for name, value in scored["baseline"].items()})
     metrics["baseline"] = ("popularity: products by number of buyers in the training part"
-                           if params.implicit else "item mean rating in the training part")
+                           if params.implicit else "item means: each item's mean rating in the "
+                           "training part")
     return metrics, scored["counts"]
 
 
@@ -534,6 +647,9 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
                 run.metrics.update(metrics)
                 run.counts.update(counts)
                 _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
+                reason = below_baseline(run.metrics, params.implicit, cfg.metrics_k)
+                if reason:
+                    run.degrade(reason)
             fitted = fit_als(interactions, params)
             recs = recommend_top_n(fitted, interactions, customers, seen, cfg.top_n)
             run.counts["recommendations"] = lake.publish(recs, TABLE, partition)
@@ -548,6 +664,21 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
         run.counts["customers_popularity"] = by_source.get(SOURCE_POPULARITY, 0)
         run.outputs["recommendations"] = lake.partition_url(TABLE, partition)
     return {"counts": run.counts, "metrics": run.metrics, "outputs": run.outputs}
+
+
+def below_baseline(metrics: dict, implicit: bool, k: int) -> str | None:
+    """The reason to publish the lists as `degraded` when ALS does not beat its baseline on the
+    held-out split (NDCG@k against popularity, implicit; RMSE against item means, explicit), else
+    None. Nothing measured (no held-out customer or pair) is not a failure: None."""
+    name, better = (f"ndcg_at_{k}", max) if implicit else ("rmse", min)
+    ours, theirs = metrics.get(name), metrics.get(f"baseline_{name}")
+    if ours is None or theirs is None:
+        return None
+    if better(ours, theirs) == ours and ours != theirs:
+        return None
+    baseline = "popularity" if implicit else "item means"
+    return (f"ALS does not beat {baseline} on the held-out split: {name} {ours:.4f} against "
+            f"{theirs:.4f}; the lists are published but a plain {baseline} list would do as well")
 
 
 def _log_evaluation(metrics: dict, implicit: bool, k: int) -> None:

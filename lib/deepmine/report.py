@@ -222,8 +222,9 @@ def section_recommend(ctx: "ReportContext") -> Section | None:
     baseline = "item means" if metrics.get("feedback") == "explicit" else "popularity"
     df = pd.DataFrame(pairs, columns=["metric", "als", f"{baseline} baseline"])
     both = df.dropna()
-    body = _training_gate(rec, metrics) if "_training_gate" in globals() else ""
-    body += _table(df)
+    status = [f"status <b>{html.escape(str(rec.get('status', '?')))}</b>"] + [
+        f"degraded: {html.escape(str(r))}" for r in rec.get("degraded_reasons", [])]
+    body = "<p>" + "<br>".join(status) + "</p>" + _table(df)
     if not both.empty:
         fig, ax = _figure(6.5, 3)
         x = np.arange(len(both))
