@@ -12,8 +12,8 @@ The flow, for every entity and format:
   transform classify_<entity>(): parse types, apply the entity's checks in order, mark exact
             duplicates and repeats -> `quarantine_reason` (null for clean rows).
             split_clean() / split_quarantine() then give the two outputs.
-  load      run_ingest(): publishes both partitions through the lake and records counts (observed
-            while writing, not recomputed) in the run manifest.
+  load      run_ingest(): publishes both partitions through the lake and records counts (one
+            aggregate over the cached records, not a second read of the input) in the manifest.
 
 CSV records (RFC 4180). The files are read as text lines, so that large files stay split across
 tasks and the raw bytes of every record are kept (a line that is not UTF-8 is refused, not
@@ -31,7 +31,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -607,7 +607,7 @@ def classify(records: Records, entity: str, config: Config) -> DataFrame:
 
 
 def outcome_counts(classified: DataFrame, entity: str) -> list[Column]:
-    """The stage's counts as aggregates, observed while the outputs are written."""
+    """The stage's counts as aggregates over the classified records."""
     reason = F.col("quarantine_reason")
     counts = [F.count(F.lit(1)).alias("rows_read"),
               F.count_if(reason.isNull()).alias("rows_clean")]
@@ -635,16 +635,19 @@ def run_ingest(spark: SparkSession, config: Config, run_date: str, input_path: s
     with StageRun(lake, run_date, stage_name(entity)) as run:
         run.counts["input"] = input_path
         records = read_records(spark, lake, input_path, entity, fmt, config.ingest)
-        observed = Observation(f"ingest_{entity}")
-        classified = classify(records, entity, config)
-        classified = classified.observe(observed, *outcome_counts(classified, entity)).persist()
+        # The counts come from one aggregate that also fills the cache the two writes read, so
+        # the input is read and shuffled once. (Not DataFrame.observe: on Spark 4.0 a session that
+        # has used an Observation holds an ObservationManager that cannot be serialized, and
+        # every later Spark ML model whose training summary keeps the session, such as a
+        # LogisticRegressionModel, then fails in transform with "Task not serializable".)
+        classified = classify(records, entity, config).persist()
         try:
+            seen = classified.agg(*outcome_counts(classified, entity)).first().asDict()
             rows_clean = lake.publish(split_clean(classified, entity), f"clean/{entity}", partition)
             rows_quarantined = lake.publish(split_quarantine(classified), f"quarantine/{entity}",
                                             partition)
         finally:
             classified.unpersist()
-        seen = observed.get
         rows_read = seen["rows_read"]
         by_reason = {r: seen[r] for r in reasons_for(entity) if seen[r]}
         run.counts.update(rows_read=rows_read, rows_clean=rows_clean,

@@ -38,6 +38,10 @@ def spark_settings(config: Config) -> dict[str, str]:
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
     }
+    if is_local(sc.master):
+        # A file is one split unless it is larger than its open cost (4 MB by default): a few-MB
+        # input would then be scanned by one core while the other idles.
+        settings["spark.sql.files.openCostInBytes"] = str(512 * 1024)
     if is_local(sc.master) and not under_spark_submit():
         settings.update({
             "spark.driver.host": sc.local_ip,
