@@ -437,7 +437,8 @@ def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Co
     if accuracy_now <= baselines["majority_class"]:
         reasons.append(f"CNN test accuracy {accuracy_now:.4f} does not beat the majority "
                        f"class's {baselines['majority_class']:.4f}")
-    if "logistic_pixels" in baselines and accuracy_now < baselines["logistic_pixels"]:
+    if "logistic_pixels" in baselines and accuracy_now < (baselines["logistic_pixels"]
+                                                         - config.train.gate_tolerance):
         reasons.append(f"CNN test accuracy {accuracy_now:.4f} is below logistic regression on "
                        f"the pixels ({baselines['logistic_pixels']:.4f}, same split)")
     if config.train.quantize:
@@ -508,7 +509,8 @@ def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, con
         metrics["kmeans_baseline"] = kmeans_baseline(vectors, rows["label"], n_clusters, t.seed,
                                                      t.kmeans_n_init)
         metrics["gate"] = "cluster_acc at least K-means' on the raw vectors (same rows, same k)"
-        if metrics["cluster_acc"] < metrics["kmeans_baseline"]["cluster_acc"]:
+        if metrics["cluster_acc"] < (metrics["kmeans_baseline"]["cluster_acc"]
+                                     - t.gate_tolerance):
             reasons.append(f"deep clustering cluster_acc {metrics['cluster_acc']:.4f} is below "
                            f"K-means on the raw vectors "
                            f"({metrics['kmeans_baseline']['cluster_acc']:.4f})")
