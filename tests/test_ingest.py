@@ -296,3 +296,26 @@ def test_spark_csv_parser_corrupt_record_behaviour(spark):
     assert [tuple(r) for r in rows[:-1]] == expected
     bad = rows[-1]
     assert (bad.x, bad.z, bad._corrupt) == ("a", "c", None) and bad.y != "\xff"
+
+
+def test_out_of_range_ratings_and_labels_are_quarantined(spark, make_config, tmp_path):
+    """A rating outside ingest.rating_min..rating_max and an image label below 0 or not below
+    images.classes are quarantined with their reason; an image without a label stays clean (it
+    is for clustering and scoring, not for the CNN's loss)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    config = make_config("images.classes=3")
+    ratings = tmp_path / "r.csv"
+    ratings.write_text("user_id,item_id,rating,rated_ts\nu1,i1,0,881250949\nu1,i2,6,881250949\n"
+                       "u1,i3,0.5,881250949\nu1,i4,5,881250949\n")
+    counts = run_ingest(spark, config, DATE, str(ratings), entity="ratings")
+    assert counts["quarantined_by_reason"] == {"rating_out_of_range": 2}
+    lake = Lake(spark, config.lake.root)
+    assert sorted(r.item_id for r in lake.read("clean/ratings", f"dt={DATE}").collect()) == ["i3", "i4"]
+    images = tmp_path / "images.parquet"
+    pq.write_table(pa.table({"image_id": ["a", "b", "c", "d"], "label": [0, -2, 3, None],
+                             "pixels": [bytes(784)] * 4, "split": ["train"] * 4}), images)
+    counts = run_ingest(spark, config, DATE, str(images), entity="images")
+    assert counts["quarantined_by_reason"] == {"label_out_of_range": 2}
+    clean = lake.read("clean/images", f"dt={DATE}").collect()
+    assert sorted((r.image_id, r.label) for r in clean) == [("a", 0), ("d", None)]

@@ -473,30 +473,28 @@ def resolve_reasons(typed: DataFrame, repeat_key: list[str], repeat_reason: str,
                     repeat_order: list) -> DataFrame:
     """One reason per row, in this order: the structural `problem` found while reading, an exact
     duplicate of an earlier raw record, the first failed value check (`_value_problem`), and last a
-    repeat of an already clean row under the entity's key (`repeat_key`).
+    repeat of an already clean row under the entity's key (`repeat_key`), the first by
+    `repeat_order` being kept.
 
     Both duplicate checks run after one shuffle, on the key's first column: copies of one raw
-    record parse to the same key, so each check's groups lie within one partition.
+    record parse to the same key, so each check's groups lie within one partition. When
+    `repeat_order` starts with raw_record and source_file (transactions, images), both checks
+    also share one sort.
     """
     typed = typed.repartition(F.col(repeat_key[0]))
-    typed = mark_duplicates(typed.withColumn("quarantine_reason", F.col("problem")),
-                            "quarantine_reason", [repeat_key[0], "raw_record"], DUPLICATE_LINE,
-                            ["source_file"])
-    typed = typed.withColumn("quarantine_reason", F.coalesce("quarantine_reason", "_value_problem"))
-    typed = mark_duplicates(typed, "quarantine_reason", repeat_key, repeat_reason, repeat_order)
+    # copies of one raw record share their structural problem: the first by file is the record
+    copy = F.row_number().over(Window.partitionBy(*repeat_key, "raw_record").orderBy("source_file"))
+    reason = F.coalesce(F.col("problem"),
+                        F.when(copy > 1, F.lit(DUPLICATE_LINE)), F.col("_value_problem"))
+    typed = typed.withColumn("quarantine_reason", reason)
+    candidate = F.col("quarantine_reason").isNull()
+    earlier = F.sum(candidate.cast("int")).over(
+        Window.partitionBy(*repeat_key).orderBy(*repeat_order)
+        .rowsBetween(Window.unboundedPreceding, Window.currentRow))
+    typed = typed.withColumn("quarantine_reason", F.when(candidate & (earlier > 1),
+                                                         F.lit(repeat_reason))
+                             .otherwise(F.col("quarantine_reason")))
     return typed.drop("_value_problem", "problem")
-
-
-def mark_duplicates(df: DataFrame, reason_col: str, key: list[str], reason: str,
-                    order: list) -> DataFrame:
-    """Among rows not yet refused, the second and later rows with the same `key` get `reason`.
-
-    `order` decides which copy is kept (the first), so re-runs keep the same one.
-    """
-    candidate = F.col(reason_col).isNull()
-    w = Window.partitionBy(*key, candidate).orderBy(*order)
-    return df.withColumn(reason_col, F.when(candidate & (F.row_number().over(w) > 1), F.lit(reason))
-                         .otherwise(F.col(reason_col)))
 
 
 def classify_transactions(records: DataFrame, cfg: IngestConfig,
@@ -506,36 +504,41 @@ def classify_transactions(records: DataFrame, cfg: IngestConfig,
 
     `present`: the canonical columns the input has. A price column the input lacks altogether
     (a source without prices) leaves unit_price null; an empty price in an input that has the
-    column is `missing_unit_price`.
+    column is `missing_unit_price`. Each field is parsed once (one projection), then checked
+    (the next): the checks read the parsed columns instead of parsing again.
     """
-    quantity = F.trim("quantity").try_cast("double")
-    price = F.trim("unit_price").try_cast("double")
-    price_given = _text("unit_price").isNotNull()
-    ts = parse_timestamp(F.col("invoice_ts"), cfg.timestamp_formats)
+    parsed = records.select(
+        "raw_record", "source_file", "problem",
+        _text("invoice_id").alias("invoice_id"), _text("customer_id").alias("customer_id"),
+        _text("product_id").alias("product_id"),
+        F.trim("quantity").try_cast("double").alias("_quantity"),
+        F.trim("unit_price").try_cast("double").alias("_price"),
+        _text("unit_price").isNotNull().alias("_price_given"),
+        parse_timestamp(F.col("invoice_ts"), cfg.timestamp_formats).alias("invoice_ts"),
+        _text("country").alias("country"))
+    quantity, price, price_given = F.col("_quantity"), F.col("_price"), F.col("_price_given")
     checks = [
-        ("missing_invoice_id", _text("invoice_id").isNull()),
-        ("missing_customer_id", _text("customer_id").isNull()),
-        ("missing_product_id", _text("product_id").isNull()),
+        ("missing_invoice_id", F.col("invoice_id").isNull()),
+        ("missing_customer_id", F.col("customer_id").isNull()),
+        ("missing_product_id", F.col("product_id").isNull()),
         ("bad_quantity", _is_bad_number(quantity) | (quantity != F.floor(quantity))
          | (F.abs(quantity) > 1e9)),
         ("zero_quantity", quantity == 0),
         ("missing_unit_price", F.lit("unit_price" in present) & ~price_given),
         ("bad_price", price_given & _is_bad_number(price)),
         ("nonpositive_price", price_given & (price <= 0)),
-        ("bad_timestamp", ts.isNull()),
+        ("bad_timestamp", F.col("invoice_ts").isNull()),
     ]
-    typed = records.select(
-        "raw_record", "source_file", "problem",
-        _text("invoice_id").alias("invoice_id"), _text("customer_id").alias("customer_id"),
-        _text("product_id").alias("product_id"),
+    typed = parsed.select(
+        "raw_record", "source_file", "problem", "invoice_id", "customer_id", "product_id",
         F.when(~_is_bad_number(quantity) & (F.abs(quantity) <= 1e9),
                quantity.cast("long")).alias("quantity"),
-        price.alias("unit_price"), ts.alias("invoice_ts"), _text("country").alias("country"),
+        price.alias("unit_price"), "invoice_ts", "country",
         _first_reason(checks).alias("_value_problem"))
     # The same invoice line written twice in different text (e.g. "5" and "5.0", padded ids).
     typed = resolve_reasons(
         typed, ["invoice_id", "product_id", "customer_id", "quantity", "unit_price", "invoice_ts"],
-        "repeated_invoice_line", ["source_file", "raw_record"])
+        "repeated_invoice_line", ["raw_record", "source_file"])
     return typed.withColumn("is_return", F.col("quantity") < 0)
 
 
@@ -576,7 +579,7 @@ def classify_images(records: DataFrame, cfg: IngestConfig, height: int, width: i
                            F.when(label == F.floor(label), label.cast("long")).alias("label"),
                            pixels.alias("pixels"), split.alias("split"),
                            _first_reason(checks).alias("_value_problem"))
-    return resolve_reasons(typed, ["image_id"], "duplicate_image_id", ["source_file", "raw_record"])
+    return resolve_reasons(typed, ["image_id"], "duplicate_image_id", ["raw_record", "source_file"])
 
 
 CLEAN_COLUMNS = {
