@@ -116,8 +116,13 @@ def _same_form(url: str) -> str:
     return re.sub(r"^file:/+", "file:///", url)
 
 
+def _file_url(path: Column) -> Column:
+    """A file path column in _same_form's form (file:///x)."""
+    return F.regexp_replace(path, r"^file:/+", "file:///")
+
+
 def source_file_column() -> Column:
-    return F.regexp_replace(F.input_file_name(), r"^file:/+", "file:///")
+    return _file_url(F.input_file_name())
 
 
 def read_first_line(lake: Lake, url: str) -> str | None:
@@ -225,7 +230,7 @@ def csv_lines(spark: SparkSession, files: list[str]) -> DataFrame:
     """
     return spark.read.text(files).select(
         F.col("value").alias("raw_record"),
-        F.regexp_replace(F.col("_metadata.file_path"), r"^file:/+", "file:///").alias("source_file"),
+        _file_url(F.col("_metadata.file_path")).alias("source_file"),
         F.col("_metadata.file_block_start").alias("block_start"),
         F.monotonically_increasing_id().alias("line_pos"))
 
