@@ -1,0 +1,219 @@
+"""ALS hyperparameters chosen on a validation split, on the driver: a numpy ALS with Spark ALS's
+objective, fit and scored for every grid point in well under a second on the nightly's data.
+
+Why not Spark ALS per point: on the default 20,000-line nightly (2 cores) one Spark ALS fit takes
+about 3.5 s and scoring it (top-N lists, ranking metrics) about 3 s more, so a 4-point grid made
+the recommend stage about 65% slower; fitting the points in threads gained nothing. The same
+grid in numpy costs a fraction of a second per point, so the grid can be wider and on by default.
+
+The objective is Spark's (ALS-WR): each user's and item's regularization is reg_param times its
+number of ratings (implicit: of positive signals), and implicit feedback is Hu, Koren and
+Volinsky's: preference 1 for every pair with a signal, confidence 1 + alpha * signal, every other
+pair preference 0 at confidence 1. Factors start as Gaussian unit vectors, as Spark's do; the
+items are solved first in each sweep, as in Spark. The point chosen here is then fit by Spark.
+
+Scores, per validation unit, so that two points can be compared paired:
+  explicit  the squared error of each validation rating whose user and item are both in the fit
+            part (prediction clipped to the fit part's rating range): RMSE = sqrt(mean)
+  implicit  NDCG@k of each validation customer with a relevant product (products it had not
+            bought in the fit part), over the top k products it had not bought, binary relevance
+            (`recommend.ranking_metrics`' definition); a customer the fit part does not know
+            scores 0
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+# entries of the per-entity normal-equation blocks built at once (entities x rank^2 doubles)
+BLOCK_CELLS = 4_000_000
+# how many paired standard errors the best point must beat the configured one by: on 20,000
+# generated lines a point 2.0 standard errors better on validation ranked worse on the test split
+# (docs/recommend-tuning.md); on MovieLens the point chosen was 4.5 standard errors better
+SEPARATION = 3.0
+
+
+@dataclass
+class Coded:
+    """(customer_id, product_id, strength) rows coded as a users x items sparse matrix."""
+    matrix: sp.csr_matrix
+    users: pd.Index  # customer_id by row
+    items: pd.Index  # product_id by column
+
+    @classmethod
+    def of(cls, frame: pd.DataFrame) -> "Coded":
+        users = pd.Index(np.sort(frame["customer_id"].unique()))
+        items = pd.Index(np.sort(frame["product_id"].unique()))
+        matrix = sp.csr_matrix(
+            (frame["strength"].to_numpy(np.float64),
+             (users.get_indexer(frame["customer_id"]), items.get_indexer(frame["product_id"]))),
+            shape=(len(users), len(items)))
+        return cls(matrix, users, items)
+
+
+def _solve_side(signal: sp.csr_matrix, fixed: np.ndarray, reg: float, alpha: float,
+                implicit: bool) -> np.ndarray:
+    """One half-sweep: the least-squares factors of every row of `signal` given the other side's
+    `fixed` factors (Spark's NormalEquation, regularization reg * count on the diagonal)."""
+    rank = fixed.shape[1]
+    outer = (fixed[:, :, None] * fixed[:, None, :]).reshape(len(fixed), rank * rank)
+    counts = np.diff(signal.indptr).astype(np.float64)
+    if implicit:
+        weight = signal.copy()
+        weight.data = alpha * np.abs(signal.data)  # confidence - 1
+        target = signal.copy()
+        target.data = np.where(signal.data > 0, 1.0 + weight.data, 0.0)  # confidence * preference
+        counts = np.diff(sp.csr_matrix((signal.data > 0, signal.indices, signal.indptr),
+                                       shape=signal.shape).indptr).astype(np.float64)
+        gram = fixed.T @ fixed
+    else:
+        weight = signal.copy()
+        weight.data = np.ones_like(signal.data)
+        target = signal
+        gram = None
+    out = np.zeros((signal.shape[0], rank))
+    step = max(1, BLOCK_CELLS // (rank * rank))
+    eye = np.eye(rank)
+    for start in range(0, signal.shape[0], step):
+        rows = slice(start, start + step)
+        a = np.asarray((weight[rows] @ outer)).reshape(-1, rank, rank)
+        if gram is not None:
+            a += gram
+        n = counts[rows]
+        # a row without signal gets the zero vector (Spark has no factors for it)
+        a += (reg * n + (n == 0))[:, None, None] * eye
+        b = np.asarray(target[rows] @ fixed)
+        out[rows] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
+    return out
+
+
+def fit(coded: Coded, rank: int, reg: float, alpha: float, implicit: bool, max_iter: int,
+        seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Alternating least squares -> (user factors, item factors), rows in `coded`'s order."""
+    rng = np.random.default_rng(seed)
+
+    def start(n: int) -> np.ndarray:
+        f = rng.normal(size=(n, rank))
+        return f / np.linalg.norm(f, axis=1, keepdims=True)
+    matrix = coded.matrix
+    by_item = matrix.T.tocsr()
+    users, items = start(matrix.shape[0]), start(matrix.shape[1])
+    for _ in range(max_iter):
+        items = _solve_side(by_item, users, reg, alpha, implicit)
+        users = _solve_side(matrix, items, reg, alpha, implicit)
+    return users, items
+
+
+def squared_errors(coded: Coded, factors: tuple[np.ndarray, np.ndarray],
+                   valid: pd.DataFrame) -> np.ndarray:
+    """Squared error of each validation rating whose user and item the fit part knows, the
+    prediction clipped to the fit part's rating range."""
+    u = coded.users.get_indexer(valid["customer_id"])
+    i = coded.items.get_indexer(valid["product_id"])
+    known = (u >= 0) & (i >= 0)
+    users, items = factors
+    predicted = np.einsum("nk,nk->n", users[u[known]], items[i[known]])
+    data = coded.matrix.data
+    predicted = np.clip(predicted, data.min(), data.max())
+    return (predicted - valid["strength"].to_numpy(np.float64)[known]) ** 2
+
+
+def ndcg_per_customer(coded: Coded, factors: tuple[np.ndarray, np.ndarray],
+                      relevant: pd.DataFrame, k: int) -> np.ndarray:
+    """NDCG@k of each customer in `relevant` (customer_id, product_id: products it had not bought
+    in the fit part), over its top k products not bought in the fit part."""
+    users, items = factors
+    groups = relevant.groupby("customer_id")["product_id"]
+    customers = pd.Index(groups.size().index)
+    n_relevant = groups.size().to_numpy()
+    rows = coded.users.get_indexer(customers)
+    # a relevant product the fit part never saw counts in the ideal DCG but cannot be a hit
+    product = coded.items.get_indexer(relevant["product_id"])
+    known_product = product >= 0
+    rel = sp.csr_matrix((np.ones(int(known_product.sum())),
+                         (customers.get_indexer(relevant["customer_id"])[known_product],
+                          product[known_product])),
+                        shape=(len(customers), len(coded.items)))
+    take = min(k, len(coded.items))
+    discount = 1.0 / np.log2(np.arange(2, take + 2))
+    ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))[np.minimum(n_relevant, k) - 1]
+    dcg = np.zeros(len(customers))
+    known = np.flatnonzero(rows >= 0)
+    step = max(1, BLOCK_CELLS // max(1, len(coded.items)))
+    for start in range(0, len(known), step):
+        part = known[start:start + step]
+        scores = users[rows[part]] @ items.T
+        seen = coded.matrix[rows[part]]
+        scores[seen.nonzero()] = -np.inf
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.lexsort((top, -top_scores), axis=1)  # score desc, then product asc
+        top = np.take_along_axis(top, order, axis=1)
+        hits = np.asarray(rel[part][np.arange(len(part))[:, None], top].todense()) > 0
+        hits &= np.isfinite(np.take_along_axis(top_scores, order, axis=1))
+        dcg[part] = hits @ discount
+    return dcg / ideal
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point."""
+    rank: int
+    reg_param: float
+    alpha: float
+
+
+def losses(fit_part: pd.DataFrame, valid: pd.DataFrame, point: Point, implicit: bool, k: int,
+           max_iter: int, seed: int) -> np.ndarray:
+    """Fit `point` on `fit_part` (customer_id, product_id, strength) and return one loss per
+    validation unit, lower is better: squared errors (explicit; `valid` holds the ratings) or
+    -NDCG@k per customer (implicit; `valid` holds the relevant pairs)."""
+    coded = Coded.of(fit_part)
+    factors = fit(coded, point.rank, point.reg_param, point.alpha, implicit, max_iter, seed)
+    if implicit:
+        return -ndcg_per_customer(coded, factors, valid, k)
+    return squared_errors(coded, factors, valid)
+
+
+def search(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point], configured: Point,
+           implicit: bool, k: int, max_iter: int, seed: int) -> tuple[Point, list[dict], dict]:
+    """Score every point (and the configured one, first) on the validation part; returns the
+    chosen point, one row per point, and the choice.
+
+    The best point replaces the configured one only when it is better by more than SEPARATION
+    standard errors of the paired per-unit difference (the same ratings or customers under both
+    points): on a small validation split the best of many points is partly luck, and the
+    configured point is the one to keep when the evidence does not separate them."""
+    key = f"ndcg_at_{k}" if implicit else "rmse"
+    ordered = [configured] + [p for p in points if p != configured]
+    per_point = [losses(fit_part, valid, p, implicit, k, max_iter, seed) for p in ordered]
+    units = len(per_point[0])
+
+    def summary(values: np.ndarray) -> float | None:
+        if not len(values):
+            return None
+        return float(-values.mean()) if implicit else float(math.sqrt(values.mean()))
+    rows = []
+    for point, values in zip(ordered, per_point):
+        row = {"rank": point.rank, "reg_param": point.reg_param}
+        if implicit:
+            row["alpha"] = point.alpha
+        rows.append({**row, key: summary(values)})
+    if not units:  # nothing to validate on: keep the configured point
+        return configured, rows, {"point": rows[0], key: None, "validation_units": 0,
+                                  "kept_configured": True, "standard_error": None}
+    best = min(range(len(ordered)), key=lambda i: (per_point[i].mean(), i))
+    difference = per_point[best] - per_point[0]
+    error = float(difference.std(ddof=1) / math.sqrt(units)) if units > 1 else math.inf
+    chosen = best if best and difference.mean() < -SEPARATION * error else 0
+    error = error if best and math.isfinite(error) else None
+    choice = {"point": {x: v for x, v in rows[chosen].items() if x != key},
+              key: rows[chosen][key], "validation_units": units,
+              "kept_configured": chosen == 0,
+              # of the mean per-unit loss difference, best point minus configured point
+              "standard_error": error, "best": rows[best]}
+    return ordered[chosen], rows, choice
