@@ -147,9 +147,15 @@ def test_files_header_and_exact_line_count(main_run):
 
     cust = pd.read_csv(out / "customers_truth.csv")
     taste_cols = [f"taste_category_{i}" for i in range(10)]
-    assert list(cust.columns) == ["customer_id", "group"] + taste_cols
+    assert list(cust.columns) == ["customer_id", "group"] + taste_cols + ["purchase_rate_per_day"]
     taste = cust[taste_cols].to_numpy()
     assert np.allclose(taste.sum(axis=1), 1.0, atol=1e-4) and (taste > 0).all()
+    # active groups go on buying at a positive rate, faster the more often they bought; the
+    # groups that stopped have none
+    active = {g["name"]: g["active"] for g in truth["groups"]}
+    rate = cust.groupby("group")["purchase_rate_per_day"]
+    assert all((rate.min()[g] > 0) == active[g] and (rate.max()[g] > 0) == active[g] for g in active)
+    assert rate.mean()["champions"] > rate.mean()["loyal"]
     sizes = cust["group"].value_counts().to_dict()
     assert sizes == {g["name"]: g["size"] for g in truth["groups"]}
     assert len(cust) == truth["counts"]["customers"]

@@ -9,8 +9,10 @@
     ``product_id,category_id,category,list_price``, the category being a Fashion-MNIST class so
     that product images can be joined later;
 ``customers_truth.csv``
-    ``customer_id,group,taste_category_0..9``: the planted behaviour group of each customer and the
-    category weights actually used to pick that customer's non-bundle products;
+    ``customer_id,group,taste_category_0..9,purchase_rate_per_day``: the planted behaviour group of
+    each customer, the category weights actually used to pick that customer's non-bundle products
+    and the rate at which the customer goes on buying after ``as_of`` (0 for the groups that have
+    stopped; see :data:`GROUPS`);
 ``truth.json``
     everything else that was planted (groups, bundles, returns, dirty lines) and what was realized
     (counts, bundle support/confidence over the lines that survive cleaning, background pairs).
@@ -108,9 +110,16 @@ DIRTY_KINDS = (
 #: the last / first purchase, as a share of the period, counted back from ``as_of`` / forward from
 #: ``start_date``. ``basket``: mean number of ordinary (non-bundle) lines per invoice.
 #: ``quantity``: mean quantity per line. ``taste_alpha``: Dirichlet concentration of the taste.
+#: ``active``: the group keeps buying after ``as_of`` as it bought before (its invoices fall
+#: uniformly over its buying span, a Poisson process given their number, so it goes on at
+#: ``purchase_rate_per_day`` = invoices over span); the other groups have stopped for good. The
+#: planted probability of no purchase in the ``h`` days after ``as_of`` is then
+#: ``exp(-purchase_rate_per_day * h)`` for an active customer and 1 for the others
+#: (``customers_truth.csv``; the churn stage is checked against it).
 GROUPS = (
     {
         "name": "champions",
+        "active": True,
         "description": "recent, frequent, high spend",
         "share": 0.15,
         "invoices": 18.0,
@@ -122,6 +131,7 @@ GROUPS = (
     },
     {
         "name": "loyal",
+        "active": True,
         "description": "regular buyers, moderately recent, medium spend",
         "share": 0.30,
         "invoices": 6.0,
@@ -133,6 +143,7 @@ GROUPS = (
     },
     {
         "name": "at_risk",
+        "active": False,
         "description": "used to buy often, nothing for a long time",
         "share": 0.20,
         "invoices": 6.0,
@@ -144,6 +155,7 @@ GROUPS = (
     },
     {
         "name": "one_off",
+        "active": False,
         "description": "a single small purchase long ago",
         "share": 0.35,
         "invoices": 1.0,
@@ -445,6 +457,9 @@ class _Plan:
             rts = ts + delay
             self.ret_ts[i0:i1] = np.where(has_ret & (rts < end_s), rts, -1)
             c0 = c1
+        # kept for the truth: the span over which each customer bought
+        self.first_day = first.astype(np.float32)
+        self.last_day = last.astype(np.float32)
         del first, last, inv_end
 
         self._adjust(rng, lines, catalog)
@@ -904,7 +919,8 @@ def generate_transactions(
     """Writes out_dir/transactions.csv, out_dir/products.csv, out_dir/truth.json; returns the
     truth dict.
 
-    Also writes out_dir/customers_truth.csv (``customer_id,group,taste_category_0..9``).
+    Also writes out_dir/customers_truth.csv
+    (``customer_id,group,taste_category_0..9,purchase_rate_per_day``).
 
     ``lines``: number of data lines (header excluded) in transactions.csv, exactly.
     ``seed``: the same arguments give byte-identical files.
@@ -976,18 +992,27 @@ def generate_transactions(
 
     def customer_rows():
         yield (
-            "customer_id,group," + ",".join(f"taste_category_{i}" for i in range(10)) + "\n"
+            "customer_id,group,"
+            + ",".join(f"taste_category_{i}" for i in range(10))
+            + ",purchase_rate_per_day\n"
         ).encode()
         idx = np.flatnonzero(has_inv)
+        active = np.array([g["active"] for g in GROUPS])
         for s in range(0, len(idx), 50_000):
             part = idx[s : s + 50_000]
             taste = np.round(plan.taste[part], 6).tolist()
             grp = plan.group[part].tolist()
+            rate = np.where(
+                active[plan.group[part]],
+                plan.n_inv_per_customer[part]
+                / np.maximum(plan.last_day[part] - plan.first_day[part], 1.0),
+                0.0,
+            ).tolist()
             yield "".join(
                 f"C{c + 1:0{cust_width}d},{group_names[g]},"
                 + ",".join(f"{x:.6f}" for x in t)
-                + "\n"
-                for c, g, t in zip(part.tolist(), grp, taste)
+                + f",{r:.6f}\n"
+                for c, g, t, r in zip(part.tolist(), grp, taste, rate)
             ).encode()
 
     _atomic_write_bytes(out / "customers_truth.csv", customer_rows())
@@ -1041,7 +1066,9 @@ def generate_transactions(
     n_dirty = int(sum(writer.dirty.values()))
     groups = []
     for gi, g in enumerate(GROUPS):
-        params = {k: v for k, v in g.items() if k not in ("name", "description", "share")}
+        params = {
+            k: v for k, v in g.items() if k not in ("name", "description", "share", "active")
+        }
         params["recency"] = list(g["recency"])
         params["first"] = list(g["first"]) if g["first"] else None
         params["invoices_scaled"] = (
@@ -1053,6 +1080,7 @@ def generate_transactions(
                 "name": g["name"],
                 "description": g["description"],
                 "share": g["share"],
+                "active": g["active"],
                 "size": int((members & has_inv).sum()),
                 "params": params,
                 "mean_invoices": float(plan.n_inv_per_customer[members & has_inv].mean())
