@@ -91,6 +91,8 @@ STAGES: list[Stage] = [
           applies=lambda config, inputs: bool(inputs.images)),
     Stage("rfm", _mining("rfm"), ("mining/rfm", "mining/rfm_segments"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
+    Stage("churn", _mining("churn"), ("mining/churn",),
+          applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     Stage("rules", _mining("rules"), ("mining/itemsets", "mining/rules"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     # implicit feedback learns from purchases, explicit from ratings

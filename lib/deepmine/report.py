@@ -237,6 +237,55 @@ def section_recommend(ctx: "ReportContext") -> Section | None:
     return "Recommendations", body
 
 
+def section_churn(ctx: "ReportContext") -> Section | None:
+    rec = ctx.manifest.get("stages", {}).get("churn")
+    if not rec or rec.get("status") not in ("ok", "degraded"):
+        return None
+    m = rec.get("metrics", {})
+    status = [f"status <b>{html.escape(str(rec.get('status')))}</b>, validation cutoff "
+              f"{html.escape(str(rec.get('counts', {}).get('validation_cutoff')))}, churn model "
+              f"<b>{html.escape(str(m.get('model')))}</b>, spend model "
+              f"<b>{html.escape(str(m.get('spend_model')))}</b>"] + [
+        f"degraded: {html.escape(str(r))}" for r in rec.get("degraded_reasons", [])]
+    table = pd.DataFrame([
+        ("AUC", m.get("auc"), m.get("baseline_auc")),
+        ("PR AUC", m.get("pr_auc"), m.get("baseline_pr_auc")),
+        ("lift in top 10%", m.get("lift_at_10pct"), m.get("baseline_lift_at_10pct")),
+        ("spend RMSE", m.get("spend_rmse"), m.get("baseline_spend_rmse")),
+    ], columns=["metric", "model", "baseline (recency alone; last horizon's spend)"])
+    fig, _ = _figure(9, 3.2)
+    fig.clf()
+    roc_ax, lift_ax = fig.subplots(1, 2)
+    for points, label in ((m.get("roc") or [], f"model (AUC {m.get('auc')})"),
+                          (m.get("baseline_roc") or [], f"recency (AUC {m.get('baseline_auc')})")):
+        if points:
+            roc_ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
+    roc_ax.plot([0, 1], [0, 1], color="#aaa", lw=0.8)
+    roc_ax.set_xlabel("false positive rate")
+    roc_ax.set_ylabel("true positive rate")
+    roc_ax.set_title("ROC on the validation cutoff")
+    roc_ax.legend(fontsize=8)
+    lift = m.get("lift_chart") or []
+    lift_ax.bar([d["decile"] for d in lift], [d["lift"] or 0 for d in lift], color="#2e86c1")
+    lift_ax.axhline(1.0, color="#aaa", lw=0.8)
+    lift_ax.set_xlabel("decile of churn probability (1 = highest)")
+    lift_ax.set_ylabel("lift")
+    lift_ax.set_title("lift chart")
+    fig.tight_layout()
+    kept = m.get("features_kept") or []
+    body = ("<p>" + "<br>".join(status) + "</p>" + _table(table) + _png(fig)
+            + f"<p>features kept ({len(kept)}): {html.escape(', '.join(kept))}"
+            + (f"; PCA variance explained {m['pca_variance_explained']}"
+               if m.get("pca_variance_explained") is not None else "") + "</p>")
+    churn = ctx.table("mining/churn")
+    if churn is not None and not churn.empty:
+        bands = churn.groupby("risk_band").agg(customers=("customer_id", "size"),
+                                               mean_probability=("churn_probability", "mean"),
+                                               expected_spend=("expected_spend", "sum"))
+        body += _table(bands.reset_index())
+    return "Churn risk and next-period spend", body
+
+
 def _training_gate(rec: dict, metrics: dict) -> str:
     """The model beside its baseline, its status and how training ended."""
     parts = [f"status <b>{html.escape(str(rec.get('status', '?')))}</b>"]
@@ -389,7 +438,8 @@ def _drift_rows(before: pd.DataFrame, now: pd.DataFrame, columns: list[str], tab
 
 
 SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
-    section_overview, section_reconciliation, section_rfm, section_rules, section_recommend,
+    section_overview, section_reconciliation, section_rfm, section_churn, section_rules,
+    section_recommend,
     section_training, section_cluster_samples, section_changes,
 ]
 

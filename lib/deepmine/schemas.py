@@ -139,6 +139,16 @@ PREDICTIONS_CNN = T.StructType([
     T.StructField("probability", T.FloatType(), False),
 ])
 
+# Churn risk and next-period spend per customer as of the run date D: churn_probability is the
+# probability of no purchase in (D, D + churn.horizon_days]; risk_band low/medium/high by
+# churn.risk_bands; expected_spend the predicted net spend in that window.
+MINING_CHURN = T.StructType([
+    T.StructField("customer_id", T.StringType(), False),
+    T.StructField("churn_probability", T.DoubleType(), False),
+    T.StructField("risk_band", T.StringType(), False),
+    T.StructField("expected_spend", T.DoubleType(), False),
+])
+
 TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
@@ -148,6 +158,7 @@ TABLES: dict[str, T.StructType] = {
     "quarantine/images": QUARANTINE,
     "mining/rfm": MINING_RFM,
     "mining/rfm_segments": MINING_RFM_SEGMENTS,
+    "mining/churn": MINING_CHURN,
     "mining/itemsets": MINING_ITEMSETS,
     "mining/rules": MINING_RULES,
     "mining/recommendations": MINING_RECOMMENDATIONS,
