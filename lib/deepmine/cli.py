@@ -36,6 +36,7 @@ def input_errors() -> tuple[type[BaseException], ...]:
 MINING_STAGES = {
     "rfm": "RFM scores, named segments and K-means clusters per customer",
     "churn": "churn risk and next-period spend per customer (Spark ML, validated on D - horizon)",
+    "forecast": "demand forecasts per product, category or in total (statsforecast per series)",
     "rules": "FP-growth frequent itemsets and association rules with mlxtend's metrics",
     "recommend": "ALS top-N recommendations with evaluation against a popularity baseline",
     "report": "the run's HTML report with plots, next to its manifest",

@@ -143,6 +143,32 @@ class ChurnConfig:
 
 
 @dataclass
+class ForecastConfig:
+    """Demand forecasts per product, category or in total (lib/deepmine/forecast.py)."""
+    frequency: Literal["day", "week", "month"] = "week"  # period of the series (weeks start Monday)
+    horizon: int = 8  # periods forecast after the last complete period ending by D
+    # series: one per product, per category (input.products names each product's category), or
+    # one for all lines
+    level: Literal["product", "category", "total"] = "category"
+    season_length: int = 0  # periods per seasonal cycle; 0 = 7 (day), 52 (week), 12 (month)
+    # candidates per series (statsforecast): auto_arima, auto_ets, seasonal_naive, croston (only
+    # for intermittent series), arima (a plain ARIMA(1,1,1), the textbook model)
+    models: list[str] = field(default_factory=lambda: [
+        "auto_arima", "auto_ets", "seasonal_naive", "croston", "arima"])
+    # rolling-origin backtest: windows of `horizon` periods each, the last one ending at D's
+    # last complete period; the model with the smallest error over them is chosen per series
+    backtest_windows: int = 3
+    # periods a series needs before its first backtest origin; shorter (or all-zero) series get
+    # the fallback (seasonal naive, the mean, or zeros) and are counted in series_skipped
+    min_history: int = 12
+    intermittent_zero_share: float = 0.3  # croston is a candidate from this share of zero periods
+    # AutoARIMA/AutoETS fit the seasonal cycle only up to this length (AutoARIMA with 52 weekly
+    # seasons took 8 s per fit here; AutoETS allows 24 at most); longer seasons: non-seasonal fits
+    # beside the seasonal naive
+    max_auto_season: int = 24
+
+
+@dataclass
 class RecommendConfig:
     """ALS recommendations and their evaluation (lib/deepmine/recommend.py)."""
     # implicit: purchase counts from clean/transactions; explicit: ratings from clean/ratings
@@ -327,6 +353,7 @@ class Config:
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)
     churn: ChurnConfig = field(default_factory=ChurnConfig)
+    forecast: ForecastConfig = field(default_factory=ForecastConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)

@@ -93,6 +93,8 @@ STAGES: list[Stage] = [
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     Stage("churn", _mining("churn"), ("mining/churn",),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
+    Stage("forecast", _mining("forecast"), ("mining/forecast",),
+          applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     Stage("rules", _mining("rules"), ("mining/itemsets", "mining/rules"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     # implicit feedback learns from purchases, explicit from ratings

@@ -286,6 +286,46 @@ def section_churn(ctx: "ReportContext") -> Section | None:
     return "Churn risk and next-period spend", body
 
 
+def section_forecast(ctx: "ReportContext") -> Section | None:
+    rec = ctx.manifest.get("stages", {}).get("forecast")
+    if not rec or rec.get("status") not in ("ok", "degraded"):
+        return None
+    m = rec.get("metrics", {})
+    last = html.escape(str(rec.get("counts", {}).get("last_period")))
+    status = [f"status <b>{html.escape(str(rec.get('status')))}</b>, {m.get('series')} series "
+              f"({html.escape(str(m.get('level')))} level, by {html.escape(str(m.get('frequency')))}"
+              f", season {m.get('season_length')}), {m.get('series_skipped')} on the fallback, "
+              f"horizon {m.get('horizon')} periods after {last}"] + [
+        f"degraded: {html.escape(str(r))}" for r in rec.get("degraded_reasons", [])]
+    table = pd.DataFrame([
+        ("MASE (mean over fitted series)", m.get("mase"), m.get("baseline_mase")),
+        ("MASE summed over fitted series", m.get("mase_sum"), m.get("baseline_mase_sum")),
+        ("series beating the baseline", m.get("win_rate"), None),
+        ("80% interval coverage (backtest)", m.get("interval_coverage"), None),
+    ], columns=["metric", "chosen models", "seasonal naive"])
+    chosen = pd.DataFrame(sorted((m.get("models_chosen") or {}).items()),
+                          columns=["model", "series"])
+    body = "<p>" + "<br>".join(status) + "</p>" + _table(table) + _table(chosen)
+    largest = m.get("largest_series") or {}
+    forecast = ctx.table("mining/forecast")
+    if largest.get("history") and forecast is not None and not forecast.empty:
+        ahead = forecast[forecast["series_id"] == largest["series_id"]].sort_values("ds")
+        past = pd.DataFrame(largest["history"], columns=["ds", "y"])
+        fig, ax = _figure(9, 3.2)
+        ax.plot(pd.to_datetime(past["ds"]), past["y"], color="#444", lw=1, label="history")
+        ds = pd.to_datetime(ahead["ds"])
+        ax.plot(ds, ahead["yhat"], color="#2e86c1", lw=1.5, label=f"forecast ({largest['model']})")
+        ax.fill_between(ds, ahead["yhat_lower"], ahead["yhat_upper"], color="#2e86c1",
+                        alpha=0.25, label="80% interval")
+        ax.set_title(f"net quantity, largest series: {largest['series_id']}")
+        ax.legend(fontsize=8)
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        body += (f"<p>largest series: {html.escape(largest['series_id'])} (model "
+                 f"{html.escape(largest['model'])}), history and forecast</p>" + _png(fig))
+    return "Demand forecast", body
+
+
 def _training_gate(rec: dict, metrics: dict) -> str:
     """The model beside its baseline, its status and how training ended."""
     parts = [f"status <b>{html.escape(str(rec.get('status', '?')))}</b>"]
@@ -438,8 +478,8 @@ def _drift_rows(before: pd.DataFrame, now: pd.DataFrame, columns: list[str], tab
 
 
 SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
-    section_overview, section_reconciliation, section_rfm, section_churn, section_rules,
-    section_recommend,
+    section_overview, section_reconciliation, section_rfm, section_churn, section_forecast,
+    section_rules, section_recommend,
     section_training, section_cluster_samples, section_changes,
 ]
 

@@ -149,6 +149,20 @@ MINING_CHURN = T.StructType([
     T.StructField("expected_spend", T.DoubleType(), False),
 ])
 
+# Demand forecasts as of the run date D: per series (a product, a category or "total", as
+# `level` says) and period start `ds` after the last complete period ending by D, the forecast net
+# quantity `yhat`, its 80% interval and the statsforecast model that made it (or the fallback:
+# zeros, seasonal_naive, mean).
+MINING_FORECAST = T.StructType([
+    T.StructField("series_id", T.StringType(), False),
+    T.StructField("level", T.StringType(), False),
+    T.StructField("ds", T.DateType(), False),
+    T.StructField("yhat", T.DoubleType(), False),
+    T.StructField("yhat_lower", T.DoubleType(), False),
+    T.StructField("yhat_upper", T.DoubleType(), False),
+    T.StructField("model", T.StringType(), False),
+])
+
 TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
@@ -159,6 +173,7 @@ TABLES: dict[str, T.StructType] = {
     "mining/rfm": MINING_RFM,
     "mining/rfm_segments": MINING_RFM_SEGMENTS,
     "mining/churn": MINING_CHURN,
+    "mining/forecast": MINING_FORECAST,
     "mining/itemsets": MINING_ITEMSETS,
     "mining/rules": MINING_RULES,
     "mining/recommendations": MINING_RECOMMENDATIONS,

@@ -16,8 +16,8 @@ from airflow import DAG
 from airflow.operators.bash import BashOperator
 
 # The nightly's stage order (lib/deepmine/nightly.py STAGES); a test keeps the two in step.
-STAGES = ["ingest", "rfm", "churn", "rules", "recommend", "features", "train_autoencoder_customers",
-          "train_autoencoder_images", "train_cnn", "report"]
+STAGES = ["ingest", "rfm", "churn", "forecast", "rules", "recommend", "features",
+          "train_autoencoder_customers", "train_autoencoder_images", "train_cnn", "report"]
 
 # stage -> (job, extra arguments)
 JOBS = {
