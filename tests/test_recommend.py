@@ -236,6 +236,7 @@ def test_top_unseen_als_is_the_best_unseen_by_brute_force(spark, small_interacti
     ("recommend.test_fraction=1.0", "test_fraction"), ("recommend.top_n=0", "top_n"),
     ("recommend.alpha=-1", "alpha"), ("recommend.num_blocks=-2", "num_blocks"),
     ("recommend.tune=true recommend.tune_rank=[]", "tune_rank"),
+    ("recommend.blend_weight=1.5", "blend_weight"), ("recommend.bias_damping=-1", "bias_damping"),
 ])
 def test_config_out_of_range_is_named(override, key):
     with pytest.raises(ConfigError, match=f"recommend.{key}"):
@@ -349,7 +350,8 @@ def test_explicit_stage_with_tuning(spark, make_config):
     rows = [(f"u{u}", f"m{i}", float(np.clip(np.rint(3 + users[u] @ items[i]), 1, 5)),
              pd.Timestamp(f"2026-01-{1 + (u + i) % 28:02d} 12:00:00").to_pydatetime(), "r.csv")
             for u in range(80) for i in range(40) if rng.random() < 0.5]
-    config = make_config("recommend.feedback=explicit", "recommend.rank=1",
+    config = make_config("recommend.feedback=explicit", "recommend.explicit_model=als",
+                         "recommend.rank=1",
                          "recommend.tune_rank=[1,2]", "recommend.tune_reg_param=[0.1]",
                          "recommend.max_iter=5", "recommend.num_blocks=2", "recommend.top_n=3",
                          "recommend.evaluate=false")
@@ -364,12 +366,92 @@ def test_explicit_stage_with_tuning(spark, make_config):
     choice = m["tuning_choice"]
     assert choice["point"] == {"rank": 2, "reg_param": 0.1} and not choice["kept_configured"]
     assert choice["rmse"] == best["rmse"] and choice["validation_units"] > 200
-    assert m["params"] == {"rank": 2, "reg_param": 0.1, "max_iter": 5}
+    assert m["params"] == {"rank": 2, "reg_param": 0.1, "max_iter": 5, "model": "als"}
+    assert "tuning_baseline_als" not in m and "model" not in choice
     assert "rmse" not in m  # evaluation off: the held-out figures are MovieLens's test below
     assert lake.read_manifest(RUN_DATE)["stages"]["recommend"]["metrics"] == m
     got = lake.read("mining/recommendations", f"run_date={RUN_DATE}").toPandas()
     assert set(got["source"]) == {"als"} and len(got) == 3 * 80
     assert not {(r[0], r[1]) for r in rows} & set(zip(got["customer_id"], got["product_id"]))
+
+
+def _ratings_with_planted_biases(seed: int, users=150, items=100, rank=2, density=0.25,
+                                 bias=0.8, noise=0.6) -> list[tuple]:
+    """Ratings 1-5 from a known model: 3.5 + user bias + item bias + a rank-2 product + noise,
+    rounded; what the baseline predictors (and ALS on their residual) are made for."""
+    rng = np.random.default_rng(seed)
+    u, i = 0.8 * rng.normal(size=(users, rank)), 0.8 * rng.normal(size=(items, rank))
+    b_user, b_item = rng.normal(scale=bias, size=users), rng.normal(scale=bias, size=items)
+    cu, ci = np.nonzero(rng.random((users, items)) < density)
+    rating = np.clip(np.rint(3.5 + b_user[cu] + b_item[ci] + np.einsum("nk,nk->n", u[cu], i[ci])
+                             + rng.normal(scale=noise, size=len(cu))), 1, 5)
+    return [(f"u{a:03d}", f"m{b:03d}", float(r),
+             pd.Timestamp(f"2026-01-{1 + (a + b) % 28:02d} 12:00:00").to_pydatetime(), "r.csv")
+            for a, b, r in zip(cu, ci, rating)]
+
+
+def test_explicit_stage_planted_biases_blend_beats_plain_als(spark, make_config):
+    """Ratings with planted user and item biases: on the validation split cut from the training
+    part, recommend.explicit_model=auto (the default) leaves plain ALS for a model with the
+    baseline predictors, and on the held-out test split that model beats plain ALS at its own
+    tuned point."""
+    rows = _ratings_with_planted_biases(3)
+    config = make_config("recommend.feedback=explicit", "recommend.tune_rank=[2]",
+                         "recommend.rank=2", "recommend.tune_reg_param=[0.1,0.3]",
+                         "recommend.max_iter=10", "recommend.num_blocks=2", "recommend.top_n=3")
+    lake = Lake(spark, config.lake.root)
+    lake.publish(spark.createDataFrame(rows, CLEAN_RATINGS), "clean/ratings", f"dt={RUN_DATE}")
+    result = rec.run_recommend(spark, config, RUN_DATE)
+    m = result["metrics"]
+    model = m["tuning_choice"]["model"]
+    assert model["model"] in ("blend", "baseline_als") and m["params"]["model"] == model["model"]
+    assert model["rmse"] < model["rmse_als"] - 3 * model["standard_error"]
+    assert [(g["rank"], g["reg_param"]) for g in m["tuning_baseline_als"]] == [(2, 0.1), (2, 0.3)]
+    assert lake.read_manifest(RUN_DATE)["stages"]["recommend"]["status"] == "ok"
+
+    point = m["tuning_choice"]["point"]
+    plain = params(implicit=False, max_iter=10, **point)
+    plain_metrics, _ = rec.evaluate(plain, config.recommend, rec.rating_interactions(
+        spark.createDataFrame(rows, CLEAN_RATINGS)))
+    print(f"\nplanted biases: {model['model']} RMSE {m['rmse']:.4f} against plain ALS "
+          f"{plain_metrics['rmse']:.4f} (item means {m['baseline_rmse']:.4f})")
+    assert m["rmse"] < 0.95 * plain_metrics["rmse"]
+    assert m["rmse"] < m["baseline_rmse"]
+
+
+def test_blend_lists_rank_by_its_predictions(spark, small_interactions):
+    """A blend's top-N lists are the best unseen products by the same model's predicted ratings
+    (both go through score_parts), and the prediction is the weighted sum of its two fits'."""
+    blend = params(implicit=False, rank=3, max_iter=4, model="blend", blend_weight=0.3,
+                   baseline_rank=2, baseline_reg_param=0.2)
+    fitted = rec.fit_model(small_interactions, blend)
+    try:
+        assert [w for w, _ in fitted.parts] == pytest.approx([0.7, 0.3])
+        assert fitted.parts[1][1].biases is not None and fitted.parts[0][1].biases is None
+        customers = small_interactions.select("customer_id").distinct()
+        pairs = customers.crossJoin(small_interactions.select("product_id").distinct())
+        predicted = rec.predict(fitted, pairs).toPandas()
+        parts = [rec.predict(part, pairs).toPandas().set_index(["customer_id", "product_id"])
+                 for _, part in fitted.parts]
+        by_pair = predicted.set_index(["customer_id", "product_id"])["prediction"]
+        weighted = 0.7 * parts[0]["prediction"] + 0.3 * parts[1]["prediction"]
+        assert by_pair.sort_index().to_numpy() == pytest.approx(
+            weighted.sort_index().to_numpy(), abs=1e-5)
+
+        got = rec.top_unseen_als(fitted, customers, small_interactions, 4).toPandas()
+        seen = set(small_interactions.select("customer_id", "product_id").toPandas()
+                   .itertuples(index=False, name=None))
+        unseen = predicted[[(c, p) not in seen for c, p in
+                            zip(predicted["customer_id"], predicted["product_id"])]]
+        expected = (unseen.sort_values(["customer_id", "prediction", "product_id"],
+                                       ascending=[True, False, True])
+                    .groupby("customer_id").head(4))
+        mine = got.sort_values(["customer_id", "rank"])
+        assert list(mine["customer_id"]) == list(expected["customer_id"])
+        assert mine["score"].to_numpy() == pytest.approx(expected["prediction"].to_numpy(),
+                                                         abs=1e-5)
+    finally:
+        fitted.unpersist()
 
 
 # --------------------------------------------------------------------------- the grid (no Spark)
@@ -421,20 +503,52 @@ def test_grid_implicit_ndcg_by_hand():
     assert list(got) == pytest.approx([0.0, 1.0 / (1.0 + 1.0 / math.log2(3)), 0.0])
 
 
+def test_explicit_model_choice_on_planted_biases_and_when_validation_cannot_tell():
+    """search_explicit leaves plain ALS for the baseline model or a blend when the ratings carry
+    planted biases; with a dozen validation ratings the evidence cannot separate them and plain
+    ALS is kept; asked for `blend`, the weight stays strictly between 0 and 1."""
+    from deepmine import als_grid
+    frame = pd.DataFrame(_ratings_with_planted_biases(4),
+                         columns=["customer_id", "product_id", "strength", "ts", "f"])
+    held = np.random.default_rng(0).random(len(frame)) < 0.2
+    fit_part, valid = frame[~held], frame[held]
+    points = [als_grid.Point(2, 0.1, 1.0), als_grid.Point(2, 0.3, 1.0)]
+    point, rows, choice, base_rows, model = als_grid.search_explicit(
+        fit_part, valid, points, points[0], "auto", 10.0, 10, 42)
+    assert model["model"] in ("blend", "baseline_als") and model["weight"] > 0
+    assert model["rmse"] < min(r["rmse"] for r in rows) and len(base_rows) == 2
+    assert model["validation_units"] == choice["validation_units"]
+    # the baseline predictors alone recover the planted biases' ordering
+    baseline = als_grid.Baseline.fit(fit_part, 10.0)
+    assert baseline.mean == pytest.approx(fit_part["strength"].mean())
+    *_, tiny = als_grid.search_explicit(fit_part, valid.iloc[:12], points, points[0], "auto",
+                                        10.0, 10, 42)
+    assert tiny["model"] == "als" and tiny["rmse"] == tiny["rmse_als"]
+    *_, forced = als_grid.search_explicit(fit_part, valid, points, points[0], "blend", 10.0,
+                                          10, 42)
+    assert forced["model"] == "blend" and 0 < forced["weight"] < 1
+
+
 # --------------------------------------------------------------------------- quality targets
 
 def test_movielens_100k_explicit_rmse(spark, tmp_path):
+    """The default config as the stage runs it: tuning on a validation split cut from the
+    training part (it picks the explicit model too), then the held-out test split."""
     info = sample_or_skip(tmp_path, "movielens")
     ratings = (spark.read.csv(info["path"], header=True)
                .select("user_id", "item_id", F.col("rating").cast("double").alias("rating")))
     cfg = RecommendConfig(feedback="explicit")
-    metrics, counts = rec.evaluate(rec.AlsParams.from_config(cfg, 2), cfg,
-                                   rec.rating_interactions(ratings))
+    assert cfg.tune and cfg.explicit_model == "auto"
+    data = rec.rating_interactions(ratings).persist()
+    chosen, tuning = rec.tune(rec.AlsParams.from_config(cfg, 2), cfg, data)
+    metrics, counts = rec.evaluate(chosen, cfg, data)
+    data.unpersist()
     print(f"\nMovieLens 100k, random 80/20: RMSE {metrics['rmse']:.4f} MAE {metrics['mae']:.4f} "
-          f"(item means: RMSE {metrics['baseline_rmse']:.4f}); {counts}")
+          f"(item means: RMSE {metrics['baseline_rmse']:.4f}); {chosen.describe()}; {counts}")
     assert counts["train_pairs"] + counts["test_pairs"] == 100_000
     assert 0.17 < counts["test_pairs"] / 100_000 < 0.23
-    assert metrics["rmse"] <= 0.93
+    assert tuning["tuning_choice"]["validation_units"] < 0.2 * counts["train_pairs"]
+    assert metrics["rmse"] <= 0.91
     assert metrics["mae"] < metrics["baseline_mae"] and metrics["rmse"] < metrics["baseline_rmse"]
 
 

@@ -19,6 +19,10 @@ Scores, per validation unit, so that two points can be compared paired:
             bought in the fit part), over the top k products it had not bought, binary relevance
             (`recommend.ranking_metrics`' definition); a customer the fit part does not know
             scores 0
+
+For ratings, `search_explicit` also fits ALS on the residual of Koren's baseline predictors
+(`Baseline`) at every point and scores blends of the two models on the same validation ratings:
+it chooses recommend.explicit_model (docs/recommend-tuning.md).
 """
 from __future__ import annotations
 
@@ -179,6 +183,47 @@ def losses(fit_part: pd.DataFrame, valid: pd.DataFrame, point: Point, implicit: 
     return squared_errors(coded, factors, valid)
 
 
+def _summary(values: np.ndarray, implicit: bool) -> float | None:
+    if not len(values):
+        return None
+    return float(-values.mean()) if implicit else float(math.sqrt(values.mean()))
+
+
+def _paired_error(ours: np.ndarray, theirs: np.ndarray) -> tuple[float, float]:
+    """The mean per-unit loss difference (ours - theirs) and its standard error."""
+    difference = ours - theirs
+    units = len(difference)
+    error = float(difference.std(ddof=1) / math.sqrt(units)) if units > 1 else math.inf
+    return float(difference.mean()), error
+
+
+def _choose(ordered: list[Point], per_point: list[np.ndarray], implicit: bool,
+            k: int) -> tuple[Point, list[dict], dict]:
+    """The choice among `ordered` (the configured point first) given each point's per-unit
+    losses: see `search`."""
+    key = f"ndcg_at_{k}" if implicit else "rmse"
+    units = len(per_point[0])
+    rows = []
+    for point, values in zip(ordered, per_point):
+        row = {"rank": point.rank, "reg_param": point.reg_param}
+        if implicit:
+            row["alpha"] = point.alpha
+        rows.append({**row, key: _summary(values, implicit)})
+    if not units:  # nothing to validate on: keep the configured point
+        return ordered[0], rows, {"point": rows[0], key: None, "validation_units": 0,
+                                  "kept_configured": True, "standard_error": None}
+    best = min(range(len(ordered)), key=lambda i: (per_point[i].mean(), i))
+    mean, error = _paired_error(per_point[best], per_point[0])
+    chosen = best if best and mean < -SEPARATION * error else 0
+    error = error if best and math.isfinite(error) else None
+    choice = {"point": {x: v for x, v in rows[chosen].items() if x != key},
+              key: rows[chosen][key], "validation_units": units,
+              "kept_configured": chosen == 0,
+              # of the mean per-unit loss difference, best point minus configured point
+              "standard_error": error, "best": rows[best]}
+    return ordered[chosen], rows, choice
+
+
 def search(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point], configured: Point,
            implicit: bool, k: int, max_iter: int, seed: int) -> tuple[Point, list[dict], dict]:
     """Score every point (and the configured one, first) on the validation part; returns the
@@ -188,32 +233,126 @@ def search(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point], con
     standard errors of the paired per-unit difference (the same ratings or customers under both
     points): on a small validation split the best of many points is partly luck, and the
     configured point is the one to keep when the evidence does not separate them."""
-    key = f"ndcg_at_{k}" if implicit else "rmse"
     ordered = [configured] + [p for p in points if p != configured]
     per_point = [losses(fit_part, valid, p, implicit, k, max_iter, seed) for p in ordered]
-    units = len(per_point[0])
+    return _choose(ordered, per_point, implicit, k)
 
-    def summary(values: np.ndarray) -> float | None:
-        if not len(values):
-            return None
-        return float(-values.mean()) if implicit else float(math.sqrt(values.mean()))
-    rows = []
-    for point, values in zip(ordered, per_point):
-        row = {"rank": point.rank, "reg_param": point.reg_param}
-        if implicit:
-            row["alpha"] = point.alpha
-        rows.append({**row, key: summary(values)})
-    if not units:  # nothing to validate on: keep the configured point
-        return configured, rows, {"point": rows[0], key: None, "validation_units": 0,
-                                  "kept_configured": True, "standard_error": None}
-    best = min(range(len(ordered)), key=lambda i: (per_point[i].mean(), i))
-    difference = per_point[best] - per_point[0]
-    error = float(difference.std(ddof=1) / math.sqrt(units)) if units > 1 else math.inf
-    chosen = best if best and difference.mean() < -SEPARATION * error else 0
-    error = error if best and math.isfinite(error) else None
-    choice = {"point": {x: v for x, v in rows[chosen].items() if x != key},
-              key: rows[chosen][key], "validation_units": units,
-              "kept_configured": chosen == 0,
-              # of the mean per-unit loss difference, best point minus configured point
-              "standard_error": error, "best": rows[best]}
-    return ordered[chosen], rows, choice
+
+# ======================================================= explicit: baseline predictors, blend
+
+# the blend weights tried on the validation split: the share of the baseline model's prediction
+BLEND_WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))
+MODELS = ("auto", "als", "baseline_als", "blend")
+
+
+@dataclass
+class Baseline:
+    """Baseline predictors (Koren 2008, "Factorization meets the neighborhood", section 2.1; Koren
+    2009, "The BellKor solution to the Netflix Grand Prize"): rating ~ mean + user bias + item
+    bias, each bias shrunk towards 0 by `damping` pseudo-ratings:
+      item bias = sum over its ratings of (r - mean) / (n_item + damping)
+      user bias = sum over its ratings of (r - mean - item bias) / (n_user + damping)
+    The numpy twin of recommend.Biases (the same estimates, in Spark)."""
+    mean: float
+    users: pd.Series  # bias by customer_id
+    items: pd.Series  # bias by product_id
+
+    @classmethod
+    def fit(cls, frame: pd.DataFrame, damping: float) -> "Baseline":
+        mean = float(frame["strength"].mean())
+        centred = frame["strength"] - mean
+        by_item = centred.groupby(frame["product_id"])
+        items = by_item.sum() / (by_item.count() + damping)
+        rest = centred - frame["product_id"].map(items).to_numpy()
+        by_user = rest.groupby(frame["customer_id"])
+        users = by_user.sum() / (by_user.count() + damping)
+        return cls(mean, users, items)
+
+    def of(self, customers: pd.Series, products: pd.Series) -> np.ndarray:
+        """mean + user bias + item bias (a bias the fit did not see counts 0)."""
+        return (self.mean + customers.map(self.users).fillna(0.0).to_numpy()
+                + products.map(self.items).fillna(0.0).to_numpy())
+
+
+def _predictions(coded: Coded, point: Point, known: tuple[np.ndarray, np.ndarray],
+                 max_iter: int, seed: int) -> np.ndarray:
+    users, items = fit(coded, point.rank, point.reg_param, point.alpha, False, max_iter, seed)
+    return np.einsum("nk,nk->n", users[known[0]], items[known[1]])
+
+
+def search_explicit(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point],
+                    configured: Point, model: str, damping: float, max_iter: int,
+                    seed: int) -> tuple[Point, list[dict], dict, list[dict], dict]:
+    """`search` for ratings, and the choice of the explicit model (`model`: auto, baseline_als or
+    blend; als is `search` alone). Returns plain ALS's chosen point, its rows and choice (as
+    `search`), then one row per point of ALS fit on the residual of the baseline predictors
+    (`Baseline`, `damping`), and the model choice.
+
+    The blend predicts (1 - w) * plain ALS + w * baseline ALS (clipped to the fit part's rating
+    range); every pair of points (plain, baseline) and every w of BLEND_WEIGHTS (blend: 0 < w < 1;
+    baseline_als: w = 1) is scored on the same validation ratings, and the best is kept. With
+    auto, that best (w = 0 is plain ALS, w = 1 the baseline model alone) replaces plain ALS at its
+    chosen point only when it is better by more than SEPARATION paired standard errors."""
+    ordered = [configured] + [p for p in points if p != configured]
+    coded = Coded.of(fit_part)
+    u = coded.users.get_indexer(valid["customer_id"])
+    i = coded.items.get_indexer(valid["product_id"])
+    mask = (u >= 0) & (i >= 0)
+    known = (u[mask], i[mask])
+    truth = valid["strength"].to_numpy(np.float64)[mask]
+    data = coded.matrix.data
+    low, high = data.min(), data.max()
+
+    def loss(predicted: np.ndarray) -> np.ndarray:
+        return (np.clip(predicted, low, high) - truth) ** 2
+    plain = [_predictions(coded, p, known, max_iter, seed) for p in ordered]
+    point, rows, choice = _choose(ordered, [loss(p) for p in plain], False, 0)
+    baseline = Baseline.fit(fit_part, damping)
+    base = baseline.of(valid["customer_id"][mask], valid["product_id"][mask])
+    residual = Coded(coded.matrix.copy(), coded.users, coded.items)
+    by_row = np.repeat(np.arange(residual.matrix.shape[0]), np.diff(residual.matrix.indptr))
+    residual.matrix.data = data - (baseline.mean
+                                   + baseline.users.reindex(coded.users).to_numpy()[by_row]
+                                   + baseline.items.reindex(coded.items).to_numpy()[
+                                       residual.matrix.indices])
+    on_residual = [base + _predictions(residual, p, known, max_iter, seed) for p in ordered]
+    baseline_rows = [{"rank": p.rank, "reg_param": p.reg_param,
+                      "rmse": _summary(loss(q), False)} for p, q in zip(ordered, on_residual)]
+    weights = {"auto": BLEND_WEIGHTS, "baseline_als": (1.0,),
+               "blend": tuple(w for w in BLEND_WEIGHTS if 0.0 < w < 1.0)}[model]
+    chosen_plain = plain[ordered.index(point)]
+    if not len(truth):  # nothing to validate on
+        return point, rows, choice, baseline_rows, {
+            "model": "als" if model == "auto" else model, "weight": None, "rmse": None,
+            "validation_units": 0}
+    best = None
+    for a, p in enumerate(plain):
+        for b, q in enumerate(on_residual):
+            for w in weights:
+                if w == 0.0 and b:  # plain ALS alone: once is enough
+                    continue
+                if w == 1.0 and a:
+                    continue
+                mse = loss((1.0 - w) * p + w * q).mean()
+                if best is None or mse < best[0] - 1e-15:
+                    best = (mse, a, b, w)
+    _, a, b, w = best
+    best_losses = loss((1.0 - w) * plain[a] + w * on_residual[b])
+    mean, error = _paired_error(best_losses, loss(chosen_plain))
+    name = model
+    if model == "auto":
+        name = "als" if w == 0.0 else "baseline_als" if w == 1.0 else "blend"
+        if name != "als" and not mean < -SEPARATION * error:
+            name = "als"
+    out = {"model": name, "validation_units": len(truth),
+           "rmse_als": rows[ordered.index(point)]["rmse"],
+           # of the mean per-rating loss difference, the best model minus plain ALS
+           "standard_error": error if math.isfinite(error) else None,
+           "best": {"weight": w, "rmse": _summary(best_losses, False)}}
+    if name == "als":
+        out.update(weight=0.0, rmse=out["rmse_als"])
+    else:
+        out.update(weight=w, rmse=_summary(best_losses, False),
+                   als_point={"rank": ordered[a].rank, "reg_param": ordered[a].reg_param},
+                   baseline_point={"rank": ordered[b].rank, "reg_param": ordered[b].reg_param})
+    return point, rows, choice, baseline_rows, out

@@ -179,13 +179,19 @@ class RecommendConfig:
     reg_param: float = 0.1  # ALS regularization (Spark scales it by each user's/item's count)
     alpha: float = 1.0  # implicit only: confidence = 1 + alpha * purchase count
     max_iter: int = 15  # ALS sweeps
-    # explicit only: ALS learns what damped user and item biases (mean + user + item) leave
-    # unexplained, the biases added back to every prediction (Koren's baseline predictors);
-    # damping = pseudo-ratings at the mean that pull a rarely rated user's or item's bias to 0.
-    # Off by default: on MovieLens 100k (split seed 42) it scored RMSE 0.927 at reg_param 0.1
-    # (0.930 at 0.2, 0.967 at 0.05) against 0.919 for plain ALS
-    biases: bool = False
+    # explicit only, the model behind predictions and lists: als (plain ALS); baseline_als (ALS
+    # on what the baseline predictors, mean + damped user and item biases, leave unexplained, the
+    # biases added back: Koren 2008); blend ((1 - w) * als + w * baseline_als, w chosen on the
+    # validation split, blend_weight without tuning); auto (tuning picks among the three on the
+    # validation split and keeps plain ALS unless another is better by three paired standard
+    # errors; plain ALS without tuning). Measured (docs/recommend-tuning.md): MovieLens 100k
+    # chose a blend (w 0.55-0.6), test RMSE 0.9066/0.9077/0.9029 on split seeds 42/1/2 against
+    # 0.9213/0.9240/0.9178 for tuned plain ALS; planted user and item biases: 0.758 against 0.871
+    explicit_model: Literal["auto", "als", "baseline_als", "blend"] = "auto"
+    blend_weight: float = 0.5  # blend without tuning: the share of baseline_als
+    # damping = pseudo-ratings at the mean that pull a rarely rated user's or item's bias to 0
     bias_damping: float = 10.0
+    biases: bool = False  # older spelling of explicit_model: baseline_als (read so when auto)
     checkpoint_interval: int = 10  # checkpoint factors every N sweeps so long lineages stay short
     # ALS user and item blocks. ALS seeds each block, so the factors depend on this number: it is
     # fixed for reproducible runs; raise it on a cluster (0 = spark.default.parallelism)

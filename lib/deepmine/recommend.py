@@ -31,9 +31,19 @@ point of tune_rank x tune_reg_param (x tune_alpha, implicit) is fit on the rest 
 validation part (NDCG@k implicit, RMSE explicit) by a numpy ALS on the driver with Spark ALS's
 objective (deepmine.als_grid: the grid costs a fraction of a second per point where Spark took
 about 6.5 s). The best point replaces the configured one when it is better by more than three
-paired standard errors (als_grid.SEPARATION), and is used for the evaluation and the final fit; the grid (`tuning`) and
-the choice (`tuning_choice`: the point, its validation score, how many ratings or customers it was
-validated on, whether the configured point was kept) go into the manifest.
+paired standard errors (als_grid.SEPARATION), and is used for the evaluation and the final fit; the
+grid (`tuning`) and the choice (`tuning_choice`: the point, its validation score, how many ratings
+or customers it was validated on, whether the configured point was kept) go into the manifest.
+
+Explicit model (`recommend.explicit_model`, ratings only): `als` is plain ALS; `baseline_als` is
+Koren's baseline predictors (mean + damped user and item biases, `Biases`) plus ALS fit on what
+they leave unexplained; `blend` predicts (1 - w) * als + w * baseline_als. With tuning, the same
+validation split scores the grid for both fits and every blend weight w in 0, 0.05, .., 1
+(als_grid.search_explicit); `auto` (the default) keeps plain ALS unless the best of these is
+better by three paired standard errors. The grid of the baseline model goes into the manifest as
+`tuning_baseline_als`, the choice as `tuning_choice.model`. The evaluation, the final fit and the
+top-N lists all use the chosen model: predictions and lists score through the same pieces
+(`score_parts`), so a list ranks by exactly the ratings the model predicts.
 
 Quality gate: when ALS does not beat its baseline on the held-out split (NDCG@k against
 popularity, implicit; RMSE against item means, explicit) the lists are still published and the
@@ -43,8 +53,8 @@ Final recommendations: ALS fit on all history up to the run date. Every customer
 gets its `top_n` best products among those it has not bought (rated), `source = als`, scored
 exactly against every product in numpy blocks on the executors (top_unseen_als); every other
 customer in the history (e.g. one with only returns) gets the most popular products it has not
-bought, `source = popularity`. With `recommend.biases` (explicit) ALS learns the residual of damped
-user and item biases, which are added back to every score.
+bought, `source = popularity`. A baseline_als or blend model adds its biases (times their
+weight) to every score.
 
 ALS needs integer ids: customer and product ids are indexed in alphabetical order (StringIndexer),
 so the same history gives the same indices, and mapped back by joins. With the same history, seed
@@ -90,17 +100,40 @@ class AlsParams:
     seed: int
     checkpoint_interval: int
     num_blocks: int
-    biases: bool = False  # explicit only: ALS learns the residual of damped user and item biases
+    biases: bool = False  # this fit learns the residual of the baseline predictors (Biases)
     bias_damping: float = 10.0
+    # explicit only: als (this fit), baseline_als (ALS on the residual of the baseline predictors,
+    # at baseline_rank / baseline_reg_param) or blend ((1 - blend_weight) * als + blend_weight *
+    # baseline_als); `components` gives the fits a model sums
+    model: str = "als"
+    baseline_rank: int = 10
+    baseline_reg_param: float = 0.1
+    blend_weight: float = 0.5
 
     @classmethod
     def from_config(cls, cfg: RecommendConfig, default_blocks: int) -> "AlsParams":
         implicit = cfg.feedback == "implicit"
+        model = requested_model(cfg)
         return cls(implicit=implicit, rank=cfg.rank, reg_param=cfg.reg_param,
                    alpha=cfg.alpha, max_iter=cfg.max_iter, seed=cfg.seed,
                    checkpoint_interval=cfg.checkpoint_interval,
                    num_blocks=cfg.num_blocks or max(1, default_blocks),
-                   biases=cfg.biases and not implicit, bias_damping=cfg.bias_damping)
+                   bias_damping=cfg.bias_damping,
+                   # auto is settled by tuning; without it (or for purchases) plain ALS
+                   model="als" if implicit or model == "auto" else model,
+                   baseline_rank=cfg.rank, baseline_reg_param=cfg.reg_param,
+                   blend_weight=cfg.blend_weight)
+
+    def components(self) -> list[tuple[float, "AlsParams"]]:
+        """The ALS fits this model sums, each with its weight."""
+        if self.implicit or self.model == "als":
+            return [(1.0, self)]
+        on_residual = dataclasses.replace(self, model="als", biases=True, rank=self.baseline_rank,
+                                          reg_param=self.baseline_reg_param)
+        if self.model == "baseline_als":
+            return [(1.0, on_residual)]
+        plain = dataclasses.replace(self, model="als", biases=False)
+        return [(1.0 - self.blend_weight, plain), (self.blend_weight, on_residual)]
 
     def estimator(self) -> ALS:
         return ALS(rank=self.rank, maxIter=self.max_iter, regParam=self.reg_param,
@@ -116,7 +149,22 @@ class AlsParams:
             out["alpha"] = self.alpha
         if self.biases:
             out["biases"] = True
+        if not self.implicit:
+            out["model"] = self.model
+            if self.model != "als":
+                out.update(baseline_rank=self.baseline_rank,
+                           baseline_reg_param=self.baseline_reg_param,
+                           bias_damping=self.bias_damping)
+            if self.model == "blend":
+                out["blend_weight"] = self.blend_weight
         return out
+
+
+def requested_model(cfg: RecommendConfig) -> str:
+    """recommend.explicit_model, with the older `recommend.biases: true` read as baseline_als."""
+    if cfg.biases and cfg.explicit_model == "auto":
+        return "baseline_als"
+    return cfg.explicit_model
 
 
 def check_config(cfg: RecommendConfig) -> None:
@@ -133,7 +181,10 @@ def check_config(cfg: RecommendConfig) -> None:
     if not 0.0 < cfg.test_fraction < 1.0:
         raise ConfigError(f"config key 'recommend.test_fraction': expected a fraction in (0, 1), "
                           f"found {cfg.test_fraction}")
-    for key in ("reg_param", "alpha"):
+    if not 0.0 <= cfg.blend_weight <= 1.0:
+        raise ConfigError(f"config key 'recommend.blend_weight': expected a weight in [0, 1], "
+                          f"found {cfg.blend_weight}")
+    for key in ("reg_param", "alpha", "bias_damping"):
         if getattr(cfg, key) < 0:
             raise ConfigError(f"config key 'recommend.{key}': expected >= 0, "
                               f"found {getattr(cfg, key)}")
@@ -199,9 +250,11 @@ def new_relevant(test_lines: DataFrame, train: DataFrame) -> DataFrame:
 
 @dataclass
 class Biases:
-    """Damped baseline predictors (Koren 2008): rating ~ mean + user bias + item bias.
-    item bias = sum(r - mean) / (n_item + damping); user bias = sum(r - mean - item bias) /
-    (n_user + damping); the damping pulls the biases of rarely rated items and users to 0."""
+    """Baseline predictors (Koren 2008, "Factorization meets the neighborhood", KDD, section 2.1;
+    Koren 2009, "The BellKor solution to the Netflix Grand Prize"): rating ~ mean + user bias +
+    item bias, regularized by shrinkage: item bias = sum(r - mean) / (n_item + damping); user bias
+    = sum(r - mean - item bias) / (n_user + damping); the damping pulls the biases of rarely rated
+    items and users to 0. The numpy twin used for tuning is als_grid.Baseline."""
     mean: float
     users: DataFrame  # customer_id, _b_user
     items: DataFrame  # product_id, _b_item
@@ -269,13 +322,97 @@ def fit_als(interactions: DataFrame, params: AlsParams) -> FittedAls:
     return FittedAls(model, users, items, items.count(), biases, (indexed, users, items))
 
 
-def predict(fitted: FittedAls, pairs: DataFrame) -> DataFrame:
+@dataclass
+class FittedModel:
+    """The ALS fits a model sums (AlsParams.components), each with its weight: one plain fit, one
+    fit on the residual of the baseline predictors, or both (the blend). Every fit indexes the same
+    pairs, so they share the id maps. Predictions and top-N lists both score through
+    `score_parts`, so the lists rank by exactly the predicted ratings."""
+    parts: list[tuple[float, FittedAls]]
+
+    @property
+    def users(self) -> DataFrame:
+        return self.parts[0][1].users
+
+    @property
+    def items(self) -> DataFrame:
+        return self.parts[0][1].items
+
+    def unpersist(self) -> None:
+        for _, part in self.parts:
+            part.unpersist()
+
+
+def fit_model(interactions: DataFrame, params: AlsParams) -> FittedModel:
+    """Fit every component of `params` on (customer_id, product_id, strength)."""
+    return FittedModel([(weight, fit_als(interactions, part))
+                        for weight, part in params.components()])
+
+
+def _as_model(fitted: FittedAls | FittedModel) -> FittedModel:
+    return fitted if isinstance(fitted, FittedModel) else FittedModel([(1.0, fitted)])
+
+
+@dataclass
+class ScoreParts:
+    """A model's score of (user, item) = user factors . item factors + user offset + item bias,
+    its components side by side: the factors concatenated (the item side times each component's
+    weight), the offsets and biases summed with the same weights."""
+    users: DataFrame  # customer_id, _user, _factors, _offset
+    item_factors: Any  # numpy (items x total rank), row = ALS item id
+    item_bias: Any  # numpy (items,)
+
+
+def score_parts(fitted: FittedAls | FittedModel) -> ScoreParts | None:
+    """The pieces of `fitted`'s scores (None when it knows no item)."""
+    import numpy as np
+
+    model = _as_model(fitted)
+    item_rows = [part.model.itemFactors.collect() for _, part in model.parts]
+    if not any(item_rows):
+        return None
+    n_items = max(r["id"] for rows in item_rows for r in rows) + 1
+    blocks, user_frames = [], []
+    item_bias = np.zeros(n_items)
+    offsets = model.users.select(CUSTOMER, USER).withColumn("_offset", F.lit(0.0))
+    for n, ((weight, part), rows) in enumerate(zip(model.parts, item_rows)):
+        factors = np.zeros((n_items, part.model.rank))
+        for r in rows:
+            factors[r["id"]] = r["features"]
+        blocks.append(weight * factors)
+        user_frames.append(part.model.userFactors.select(F.col("id").alias(USER),
+                                                         F.col("features").alias(f"_f{n}")))
+        if part.biases is not None:
+            for r in part.biases.items.join(F.broadcast(part.items), PRODUCT).collect():
+                item_bias[r[ITEM]] += weight * r["_b_item"]
+            offsets = (offsets.join(part.biases.users, CUSTOMER)
+                       .withColumn("_offset", F.col("_offset") + F.lit(weight) * (
+                           F.col("_b_user") + F.lit(part.biases.mean))).drop("_b_user"))
+    users = offsets
+    for n, frame in enumerate(user_frames):
+        users = users.join(frame, USER)
+    users = users.select(CUSTOMER, USER, "_offset", F.concat(*[f"_f{n}" for n in range(
+        len(user_frames))]).alias("_factors"))
+    return ScoreParts(users, np.hstack(blocks), item_bias)
+
+
+def predict(fitted: FittedAls | FittedModel, pairs: DataFrame) -> DataFrame:
     """Adds `prediction` to (customer_id, product_id, ...) rows whose customer and product the model
-    knows; other rows are dropped."""
-    known = pairs.join(fitted.users, CUSTOMER).join(F.broadcast(fitted.items), PRODUCT)
-    predicted = fitted.model.transform(known).drop(USER, ITEM) \
-        .withColumn("prediction", F.col("prediction").cast("double"))
-    return predicted if fitted.biases is None else fitted.biases.add(predicted, "prediction")
+    knows; other rows are dropped. The score `top_unseen_als` ranks by."""
+    parts = score_parts(fitted)
+    spark = pairs.sparkSession
+    if parts is None:
+        return pairs.withColumn("prediction", F.lit(None).cast("double")).limit(0)
+    items = spark.createDataFrame(
+        [(i, [float(x) for x in row], float(b))
+         for i, (row, b) in enumerate(zip(parts.item_factors, parts.item_bias))],
+        f"{ITEM} int, _item_factors array<double>, _item_bias double")
+    known = (pairs.join(parts.users, CUSTOMER).join(F.broadcast(_as_model(fitted).items), PRODUCT)
+             .join(F.broadcast(items), ITEM))
+    dot = F.aggregate(F.zip_with("_factors", "_item_factors", lambda a, b: a.cast("double") * b),
+                      F.lit(0.0), lambda acc, x: acc + x)
+    return (known.withColumn("prediction", dot + F.col("_offset") + F.col("_item_bias"))
+            .drop(USER, ITEM, "_factors", "_item_factors", "_offset", "_item_bias"))
 
 
 def _seen_counts(targets: DataFrame, seen: DataFrame) -> DataFrame:
@@ -295,7 +432,8 @@ def _top_n(candidates: DataFrame, seen: DataFrame, n: int, *order) -> DataFrame:
 SCORE_BLOCK_CELLS = 2_000_000
 
 
-def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: int) -> DataFrame:
+def top_unseen_als(fitted: FittedAls | FittedModel, targets: DataFrame, seen: DataFrame,
+                   n: int) -> DataFrame:
     """The n best-scored products per target customer that it has not seen (ties: product_id);
     customers the model does not know get none. -> customer_id, product_id, rank, score.
 
@@ -308,28 +446,16 @@ def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: in
     import pandas as pd
 
     spark = targets.sparkSession
-    item_rows = fitted.model.itemFactors.collect()
-    if not item_rows:
+    parts = score_parts(fitted)
+    if parts is None:
         return _empty_recommendations(spark)
-    n_items = max(r["id"] for r in item_rows) + 1
-    item_factors = np.zeros((n_items, fitted.model.rank))
-    for r in item_rows:
-        item_factors[r["id"]] = r["features"]
-    item_bias = np.zeros(n_items)
-    user_frame = fitted.model.userFactors.select(F.col("id").alias(USER),
-                                                 F.col("features").alias("_factors"))
-    target_users = targets.select(CUSTOMER).distinct().join(fitted.users, CUSTOMER)
-    if fitted.biases is None:
-        target_users = target_users.withColumn("_offset", F.lit(0.0))
-    else:
-        for r in fitted.biases.items.join(F.broadcast(fitted.items), PRODUCT).collect():
-            item_bias[r[ITEM]] = r["_b_item"]
-        target_users = (target_users.join(fitted.biases.users, CUSTOMER)
-                        .select(CUSTOMER, USER, (F.col("_b_user") + F.lit(fitted.biases.mean))
-                                .alias("_offset")))
-    seen_items = (seen.select(CUSTOMER, PRODUCT).join(F.broadcast(fitted.items), PRODUCT)
+    model = _as_model(fitted)
+    item_factors, item_bias = parts.item_factors, parts.item_bias
+    n_items = len(item_factors)
+    target_users = targets.select(CUSTOMER).distinct().join(parts.users, CUSTOMER)
+    seen_items = (seen.select(CUSTOMER, PRODUCT).join(F.broadcast(model.items), PRODUCT)
                   .groupBy(CUSTOMER).agg(F.collect_list(ITEM).alias("_seen")))
-    rows = (target_users.join(seen_items, CUSTOMER, "left").join(user_frame, USER)
+    rows = (target_users.join(seen_items, CUSTOMER, "left")
             .select(CUSTOMER, "_offset", "_factors", "_seen"))
     block = max(1, SCORE_BLOCK_CELLS // n_items)
 
@@ -358,7 +484,7 @@ def top_unseen_als(fitted: FittedAls, targets: DataFrame, seen: DataFrame, n: in
                     "score": top_scores[keep]})
 
     out = rows.mapInPandas(best, f"{CUSTOMER} string, {ITEM} int, rank int, score double")
-    return (out.join(F.broadcast(fitted.items), ITEM)
+    return (out.join(F.broadcast(model.items), ITEM)
             .select(CUSTOMER, PRODUCT, "rank", "score"))
 
 
@@ -489,7 +615,7 @@ def score_explicit(train: DataFrame, test: DataFrame, params: AlsParams,
                    baseline: bool = True) -> dict[str, Any]:
     """Fit on the training ratings, predict the held-out ones, score ALS (and item means)."""
     train = train.select(CUSTOMER, PRODUCT, STRENGTH).persist()
-    fitted = fit_als(train, params)
+    fitted = fit_model(train, params)
     try:
         low, high = train.agg(F.min(STRENGTH), F.max(STRENGTH)).first()
         predicted = (predict(fitted, test.select(CUSTOMER, PRODUCT, STRENGTH))
@@ -523,14 +649,19 @@ def holdout(params: AlsParams, cfg: RecommendConfig, data: DataFrame,
 
 
 def tune(params: AlsParams, cfg: RecommendConfig,
-         data: DataFrame) -> tuple[AlsParams, list[dict], dict]:
-    """Grid search on a validation split of `data` (the training part of the evaluation split),
-    in numpy on the driver (deepmine.als_grid); returns the chosen parameters, every point's
-    validation score and the choice (the point, its score, whether the configured point was kept).
+         data: DataFrame) -> tuple[AlsParams, dict[str, Any]]:
+    """Grid search on a validation split cut from the training part of the evaluation split of
+    `data` (the held-out test part is never seen), in numpy on the driver (deepmine.als_grid);
+    returns the chosen parameters and the manifest's entries: `tuning` (every point's validation
+    score), `tuning_choice` (the point, its score, whether the configured point was kept) and, for
+    ratings unless recommend.explicit_model is als, `tuning_baseline_als` (every point fit on the
+    residual of the baseline predictors) and `tuning_choice.model` (the explicit model chosen:
+    als, baseline_als or blend, its weight and points).
 
     Above tune_max_rows rows the grid runs on the rows of a seeded hash sample of the customers:
     each customer keeps all its rows, so the per-customer counts that ALS's regularization scales
     with stay as they are."""
+    data = holdout(params, cfg, data).where(~F.col(HELD_OUT)).drop(HELD_OUT)
     total = data.count()
     if total > cfg.tune_max_rows:
         share = cfg.tune_max_rows / total
@@ -553,17 +684,45 @@ def tune(params: AlsParams, cfg: RecommendConfig,
     points = [als_grid.Point(rank, reg, alpha) for rank, reg, alpha
               in itertools.product(cfg.tune_rank, cfg.tune_reg_param, alphas)]
     configured = als_grid.Point(params.rank, params.reg_param, params.alpha)
-    point, grid, choice = als_grid.search(fit_frame, valid, points, configured, params.implicit,
-                                          cfg.metrics_k, params.max_iter, params.seed)
+    model = "als" if params.implicit else requested_model(cfg)
+    entries: dict[str, Any] = {}
+    if model == "als":
+        point, grid, choice = als_grid.search(fit_frame, valid, points, configured,
+                                              params.implicit, cfg.metrics_k, params.max_iter,
+                                              params.seed)
+        chosen = dataclasses.replace(params, rank=point.rank, reg_param=point.reg_param,
+                                     alpha=point.alpha)
+    else:
+        point, grid, choice, entries["tuning_baseline_als"], choice["model"] = \
+            als_grid.search_explicit(fit_frame, valid, points, configured, model,
+                                     params.bias_damping, params.max_iter, params.seed)
+        chosen = _explicit_choice(params, point, choice["model"])
     choice["fit_rows"] = len(fit_frame)
     key = f"ndcg_at_{cfg.metrics_k}" if params.implicit else "rmse"
     print(f"[recommend] tune: {len(grid)} points on {len(fit_frame)} rows, validated on "
           f"{choice['validation_units']} {'customers' if params.implicit else 'ratings'}; "
           f"chose {choice['point']} ({key} {choice[key]}"
           f"{'; the configured point, none beat it by the margin' if choice['kept_configured'] else ''})")
-    chosen = dataclasses.replace(params, rank=point.rank, reg_param=point.reg_param,
-                                 alpha=point.alpha)
-    return chosen, grid, choice
+    if "model" in choice:
+        print(f"[recommend] tune: explicit model {chosen.describe()} (validation rmse "
+              f"{choice['model']['rmse']}, plain ALS {choice['model'].get('rmse_als')})")
+    return chosen, {"tuning": grid, "tuning_choice": choice, **entries}
+
+
+def _explicit_choice(params: AlsParams, point: als_grid.Point, model: dict) -> AlsParams:
+    """`params` set to the explicit model that als_grid.search_explicit chose."""
+    chosen = dataclasses.replace(params, model=model["model"], rank=point.rank,
+                                 reg_param=point.reg_param)
+    if model.get("baseline_point") is None:  # plain ALS, or nothing to validate on
+        return chosen
+    base = model["baseline_point"]
+    chosen = dataclasses.replace(chosen, baseline_rank=base["rank"],
+                                 baseline_reg_param=base["reg_param"])
+    if model["model"] == "blend":
+        als = model["als_point"]
+        chosen = dataclasses.replace(chosen, rank=als["rank"], reg_param=als["reg_param"],
+                                     blend_weight=model["weight"])
+    return chosen
 
 
 def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[dict, dict]:
@@ -588,8 +747,8 @@ def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[
 
 # =============================================================== stage
 
-def recommend_top_n(fitted: FittedAls, interactions: DataFrame, customers: DataFrame,
-                    seen: DataFrame, n: int) -> DataFrame:
+def recommend_top_n(fitted: FittedAls | FittedModel, interactions: DataFrame,
+                    customers: DataFrame, seen: DataFrame, n: int) -> DataFrame:
     """ALS's top n unseen products for every customer the model knows, the most popular unseen
     ones (by `interactions`) for the others. -> customer_id, product_id, rank, score, source."""
     als = top_unseen_als(fitted, customers, seen, n).withColumn("source", F.lit(SOURCE_ALS))
@@ -656,9 +815,8 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
             run.counts.update(interactions=size["interactions"], customers=customers.count(),
                               products=size["products"])
             if cfg.tune:
-                training_part = holdout(params, cfg, data).where(~F.col(HELD_OUT)).drop(HELD_OUT)
-                params, run.metrics["tuning"], run.metrics["tuning_choice"] = tune(
-                    params, cfg, training_part)
+                params, tuning = tune(params, cfg, data)
+                run.metrics.update(tuning)
             run.metrics["params"] = params.describe()
             if cfg.evaluate:
                 metrics, counts = evaluate(params, cfg, data)
@@ -668,7 +826,7 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
                 reason = below_baseline(run.metrics, params.implicit, cfg.metrics_k)
                 if reason:
                     run.degrade(reason)
-            fitted = fit_als(interactions, params)
+            fitted = fit_model(interactions, params)
             recs = recommend_top_n(fitted, interactions, customers, seen, cfg.top_n)
             run.counts["recommendations"] = lake.publish(recs, TABLE, partition)
         finally:
