@@ -181,7 +181,8 @@ def test_cdnow_weekly_total_against_seasonal_naive(spark, make_config, tmp_path)
     """Real CDNOW, weekly, all lines as one series, as of its last day (1998-06-30). 78 weeks hold
     no two yearly seasons, so the baseline is the naive (last week); on this series AutoARIMA and
     AutoETS fit a random walk, the naive itself. The stage reports the honest MASE of its choice
-    beside the baseline's and is degraded when it does not beat it."""
+    beside the baseline's and is degraded when it does not beat it; its conformal intervals hold
+    70-90% of the backtest's weeks."""
     info = sample_or_skip(tmp_path / "samples", "cdnow")
     config = make_config("forecast.frequency=week", "forecast.level=total",
                          path="conf/samples/cdnow.yaml")
@@ -193,6 +194,7 @@ def test_cdnow_weekly_total_against_seasonal_naive(spark, make_config, tmp_path)
           f"backtest coverage {counts['interval_coverage']}")
     assert counts["series"] == 1 and counts["series_skipped"] == 0
     assert counts["mase"] < 1.1 * counts["baseline_mase"]
+    assert 0.7 <= counts["interval_coverage"] <= 0.9  # conformal: 0.75 of 24 backtest weeks
     record = lake.read_manifest(date)["stages"]["forecast"]
     assert (record["status"] == "degraded") == (counts["mase"] >= counts["baseline_mase"])
     table = lake.read("mining/forecast", f"run_date={date}").toPandas()

@@ -15,8 +15,10 @@ periods, the last ending at the last complete period) scores them by MASE: mean 
 over the mean absolute seasonal difference of the history before the first origin. The model
 with the smallest error over every window is refitted on the whole series and forecasts. The
 MASE reported for a series is honest about that choice: each window is scored with the model
-chosen on the other windows. Intervals are the models' own 80% intervals; Croston has none, so its
-band is the 10th-90th percentile of the recent periods.
+chosen on the other windows. The 80% intervals are conformal by default (`forecast.intervals`):
+the forecast +- the 80th percentile of the chosen model's absolute backtest errors (each window's
+coverage judged with the errors of the other windows); `model` takes the models' own intervals
+instead (Croston has none: its band is then the 10th-90th percentile of the recent periods).
 
 Fallback (counted in `series_skipped`, with model `zeros`, `seasonal_naive` or `mean`): a series
 that is all zeros forecasts zeros; one with fewer than `forecast.min_history` periods before its
@@ -200,6 +202,16 @@ def _predict(name: str, y: np.ndarray, h: int, season: int, auto_season: int
                                                                           dtype=float)
 
 
+def _conformal(abs_errors: np.ndarray) -> float:
+    """The half-width that holds LEVEL% of the backtest's absolute errors, with the split
+    conformal correction (the ceil((n + 1) * level)-th smallest of n)."""
+    values = np.sort(abs_errors[np.isfinite(abs_errors)].ravel())
+    if not len(values):
+        return 0.0
+    k = int(np.ceil((len(values) + 1) * LEVEL / 100))
+    return float(values[min(k, len(values)) - 1])
+
+
 def _scale(history: np.ndarray, season: int) -> float:
     """MASE's denominator: the mean absolute seasonal difference (lag 1 when that is zero); the
     mean absolute value, or 1, for a series that never changes."""
@@ -241,6 +253,7 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
     origins = [first + w * h for w in range(windows)]
     error = {n: np.full(windows, np.inf) for n in names}
     inside = {n: np.zeros(windows) for n in names}
+    residual = {n: np.full((windows, h), np.inf) for n in names}  # absolute errors
     for w, origin in enumerate(origins):
         actual = y[origin:origin + h]
         for name in names:
@@ -249,7 +262,8 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
             except Exception:  # noqa: BLE001 - a model that cannot fit this window loses it
                 continue
             if np.all(np.isfinite(mean)):
-                error[name][w] = float(np.mean(np.abs(actual - mean))) / scale
+                residual[name][w] = np.abs(actual - mean)
+                error[name][w] = float(np.mean(residual[name][w])) / scale
                 inside[name][w] = float(np.sum((actual >= low) & (actual <= high)))
     total = {n: float(np.sum(e)) for n, e in error.items()}
     chosen = min(names, key=lambda n: (total[n], names.index(n)))
@@ -260,12 +274,18 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
         others = [v for v in range(windows) if v != w] or [w]
         pick = min(names, key=lambda n: (float(np.sum(error[n][others])), names.index(n)))
         honest.append(error[pick][w])
-        covered += inside[pick][w]
+        if cfg.intervals == "conformal":
+            covered += float(np.sum(residual[pick][w] <= _conformal(residual[pick][others])))
+        else:
+            covered += inside[pick][w]
     try:
         mean, low, high = _predict(chosen, y, h, season, auto_season)
     except Exception:  # noqa: BLE001 - the refit on the whole series failed: the baseline
         chosen = "seasonal_naive"
         mean, low, high = _predict(chosen, y, h, season, auto_season)
+    if cfg.intervals == "conformal":
+        half = _conformal(residual[chosen])
+        low, high = mean - half, mean + half
     return {"fitted": True, "model": chosen, "yhat": mean, "lower": low, "upper": high,
             "mase": float(np.mean(honest)), "baseline_mase": float(np.mean(error["seasonal_naive"])),
             "held_out": windows * h, "covered": int(covered)}
