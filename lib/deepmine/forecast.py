@@ -45,6 +45,7 @@ from pyspark.sql import types as T
 from deepmine.config import Config, ConfigError, ForecastConfig
 from deepmine.lake import Lake, StageRun
 from deepmine.rfm import end_of_day
+from deepmine.schemas import MINING_FORECAST
 
 MODELS = ("auto_arima", "auto_ets", "seasonal_naive", "croston", "arima")
 DEFAULT_SEASON = {"day": 7, "week": 52, "month": 12}
@@ -53,13 +54,7 @@ HISTORY_POINTS = 156  # periods of the largest series kept in the manifest for t
 
 # What one applyInPandas call returns per series: its forecast rows, each carrying the series'
 # backtest summary (the same on every row; the driver keeps one per series).
-FIT_SCHEMA = T.StructType([
-    T.StructField("series_id", T.StringType(), False),
-    T.StructField("ds", T.DateType(), False),
-    T.StructField("yhat", T.DoubleType(), False),
-    T.StructField("yhat_lower", T.DoubleType(), False),
-    T.StructField("yhat_upper", T.DoubleType(), False),
-    T.StructField("model", T.StringType(), False),
+FIT_SCHEMA = T.StructType([f for f in MINING_FORECAST.fields if f.name != "level"] + [
     T.StructField("fitted", T.BooleanType(), False),
     T.StructField("mase", T.DoubleType(), True),
     T.StructField("baseline_mase", T.DoubleType(), True),

@@ -237,16 +237,22 @@ def section_recommend(ctx: "ReportContext") -> Section | None:
     return "Recommendations", body
 
 
+def _stage_status(rec: dict, detail: str) -> str:
+    """A stage's status, `detail` (HTML) after it, and each reason it was degraded, one a line."""
+    lines = [f"status <b>{html.escape(str(rec.get('status')))}</b>, {detail}"] + [
+        f"degraded: {html.escape(str(r))}" for r in rec.get("degraded_reasons", [])]
+    return "<p>" + "<br>".join(lines) + "</p>"
+
+
 def section_churn(ctx: "ReportContext") -> Section | None:
     rec = ctx.manifest.get("stages", {}).get("churn")
     if not rec or rec.get("status") not in ("ok", "degraded"):
         return None
     m = rec.get("metrics", {})
-    status = [f"status <b>{html.escape(str(rec.get('status')))}</b>, validation cutoff "
-              f"{html.escape(str(rec.get('counts', {}).get('validation_cutoff')))}, churn model "
-              f"<b>{html.escape(str(m.get('model')))}</b>, spend model "
-              f"<b>{html.escape(str(m.get('spend_model')))}</b>"] + [
-        f"degraded: {html.escape(str(r))}" for r in rec.get("degraded_reasons", [])]
+    status = _stage_status(rec, f"validation cutoff "
+                           f"{html.escape(str(rec.get('counts', {}).get('validation_cutoff')))}, "
+                           f"churn model <b>{html.escape(str(m.get('model')))}</b>, spend model "
+                           f"<b>{html.escape(str(m.get('spend_model')))}</b>")
     table = pd.DataFrame([
         ("AUC", m.get("auc"), m.get("baseline_auc")),
         ("PR AUC", m.get("pr_auc"), m.get("baseline_pr_auc")),
@@ -273,7 +279,7 @@ def section_churn(ctx: "ReportContext") -> Section | None:
     lift_ax.set_title("lift chart")
     fig.tight_layout()
     kept = m.get("features_kept") or []
-    body = ("<p>" + "<br>".join(status) + "</p>" + _table(table) + _png(fig)
+    body = (status + _table(table) + _png(fig)
             + f"<p>features kept ({len(kept)}): {html.escape(', '.join(kept))}"
             + (f"; PCA variance explained {m['pca_variance_explained']}"
                if m.get("pca_variance_explained") is not None else "") + "</p>")
@@ -292,11 +298,10 @@ def section_forecast(ctx: "ReportContext") -> Section | None:
         return None
     m = rec.get("metrics", {})
     last = html.escape(str(rec.get("counts", {}).get("last_period")))
-    status = [f"status <b>{html.escape(str(rec.get('status')))}</b>, {m.get('series')} series "
-              f"({html.escape(str(m.get('level')))} level, by {html.escape(str(m.get('frequency')))}"
-              f", season {m.get('season_length')}), {m.get('series_skipped')} on the fallback, "
-              f"horizon {m.get('horizon')} periods after {last}"] + [
-        f"degraded: {html.escape(str(r))}" for r in rec.get("degraded_reasons", [])]
+    status = _stage_status(rec, f"{m.get('series')} series ({html.escape(str(m.get('level')))} "
+                           f"level, by {html.escape(str(m.get('frequency')))}, season "
+                           f"{m.get('season_length')}), {m.get('series_skipped')} on the "
+                           f"fallback, horizon {m.get('horizon')} periods after {last}")
     table = pd.DataFrame([
         ("MASE (mean over fitted series)", m.get("mase"), m.get("baseline_mase")),
         ("MASE summed over fitted series", m.get("mase_sum"), m.get("baseline_mase_sum")),
@@ -305,7 +310,7 @@ def section_forecast(ctx: "ReportContext") -> Section | None:
     ], columns=["metric", "chosen models", "seasonal naive"])
     chosen = pd.DataFrame(sorted((m.get("models_chosen") or {}).items()),
                           columns=["model", "series"])
-    body = "<p>" + "<br>".join(status) + "</p>" + _table(table) + _table(chosen)
+    body = status + _table(table) + _table(chosen)
     largest = m.get("largest_series") or {}
     forecast = ctx.table("mining/forecast")
     if largest.get("history") and forecast is not None and not forecast.empty:
