@@ -52,11 +52,12 @@ def _stage(spark, config, stage):
     return Lake(spark, config.lake.root).read_manifest(D)["stages"][stage]
 
 
-def _beats_or_degraded(record, model_score, baseline_score, what):
-    """The invariant of the gate: ok only when the model reaches its baseline, else degraded with
-    a reason naming it."""
+def _beats_or_degraded(record, model_score, baseline_score, what, tolerance=0.0):
+    """The invariant of the gate: ok only when the model reaches its baseline (less the gate's
+    tolerance, train.gate_tolerance, where the gate allows one), else degraded with a reason."""
     if record["status"] == "ok":
-        assert model_score >= baseline_score, (what, model_score, baseline_score, record)
+        assert model_score >= baseline_score - tolerance - 1e-12, \
+            (what, model_score, baseline_score, tolerance, record)
     else:
         assert record["status"] == "degraded" and record["degraded_reasons"], record
 
@@ -71,8 +72,10 @@ def test_cnn_beats_its_baselines_or_is_degraded(spark, image_lakes, name):
     assert m["stop_reason"] in ("patience", "budget", "max_epochs") and m["best_epoch"] >= 0
     assert m["epochs_run"] > 2, m["history"]  # trained past a token epoch count
     assert {"majority_class", "logistic_pixels"} <= set(m["baselines"])
-    _beats_or_degraded(record, m["accuracy"], max(m["baselines"]["majority_class"] + 1e-9,
-                                                  m["baselines"]["logistic_pixels"]), "cnn")
+    # the majority class is beaten outright, logistic regression reached within the tolerance
+    _beats_or_degraded(record, m["accuracy"], m["baselines"]["majority_class"] + 1e-9, "cnn")
+    _beats_or_degraded(record, m["accuracy"], m["baselines"]["logistic_pixels"], "cnn",
+                       config.train.gate_tolerance)
     # far above chance on every set (10 classes)
     assert m["accuracy"] > 0.5, m
 
@@ -85,7 +88,8 @@ def test_image_clustering_beats_kmeans_or_is_degraded(spark, image_lakes, name):
     record = _stage(spark, config, "train_autoencoder_images")
     m = record["metrics"]
     assert m["pretrain_stop_reason"] in ("patience", "budget", "max_epochs")
-    _beats_or_degraded(record, m["cluster_acc"], m["kmeans_baseline"]["cluster_acc"], "dec")
+    _beats_or_degraded(record, m["cluster_acc"], m["kmeans_baseline"]["cluster_acc"], "dec",
+                       config.train.gate_tolerance)
     # no dead network: the embedding spreads, no cluster holds almost every row
     assert m["failure"] is None, m["attempts"]
     assert max(m["cluster_sizes"].values()) < 0.9 * sum(m["cluster_sizes"].values())
