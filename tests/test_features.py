@@ -69,17 +69,36 @@ def test_customer_vectors_standardized_and_weighted(spark, small):
 def test_row_groups_exact_and_split_apart(spark):
     ids = spark.range(0, 1003).select(F.format_string("c%04d", "id").alias("image_id"),
                                       F.when(F.col("id") % 5 == 0, "test").otherwise("train").alias("split"))
-    ids = with_row_ids(ids.withColumn("_t", F.col("split") == "test"), "image_id", 3,
-                       order_first="_t").drop("_t")
-    laid = row_group_layout(spark, ids, 4, "split", ("train", "test"))
-    parts = laid.rdd.glom().map(lambda rows: (len(rows), sorted({r.split for r in rows}),
-                                              [r.row_id for r in rows])).collect()
+    with with_row_ids(ids.withColumn("_t", F.col("split") == "test"), "image_id", 3,
+                      order_first="_t") as ids:
+        laid = row_group_layout(spark, ids.drop("_t"), 4, "split", ("train", "test"))
+        parts = laid.rdd.glom().map(lambda rows: (len(rows), sorted({r.split for r in rows}),
+                                                  [r.row_id for r in rows])).collect()
     assert [(n, s) for n, s, _ in parts] == [(201, ["train"]), (201, ["train"]), (200, ["train"]),
                                              (200, ["train"]), (51, ["test"]), (50, ["test"]),
                                              (50, ["test"]), (50, ["test"])]
     assert all(r == sorted(r) for _, _, r in parts)
     all_ids = sorted(i for _, _, r in parts for i in r)
     assert all_ids == list(range(1003))
+
+
+def test_row_ids_are_the_seeded_hash_rank_across_partitions(spark):
+    """Dense ids from the distributed sort equal the rank a single global window gives (the
+    definition), on an input spread over many partitions and shuffled."""
+    from pyspark.sql import Window
+    keys = (spark.range(0, 5000, numPartitions=7)
+            .select(F.format_string("k%05d", "id").alias("key"),
+                    (F.col("id") % 3 == 0).alias("_first")).repartition(5))
+    for order_first in (None, "_first"):
+        order = [F.xxhash64("key", F.lit(11)), F.col("key")]
+        if order_first:
+            order = [F.col(order_first), *order]
+        expected = {r["key"]: r["r"] for r in keys.select(
+            "key", (F.row_number().over(Window.orderBy(*order)) - 1).alias("r")).collect()}
+        with with_row_ids(keys, "key", 11, order_first) as ranked:
+            got = {r["key"]: r["row_id"] for r in ranked.collect()}
+            assert ranked.columns == ["key", "_first", "row_id"]
+        assert got == expected
 
 
 def test_synthetic_images_are_seeded_and_distinct():

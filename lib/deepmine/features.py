@@ -297,12 +297,37 @@ def _partition_keys(spark: SparkSession, partitions: int) -> list[int]:
     return [found[p] for p in range(partitions)]
 
 
-def with_row_ids(df: DataFrame, key: str, seed: int, order_first: str | None = None) -> DataFrame:
-    """Add `row_id` 0..n-1 in a seeded hash order of `key` (after `order_first`, if given)."""
+ROW_BITS = 33  # monotonically_increasing_id: the partition index above bit 33, the row below
+
+
+@contextlib.contextmanager
+def with_row_ids(df: DataFrame, key: str, seed: int,
+                 order_first: str | None = None) -> Iterator[DataFrame]:
+    """`df` with `row_id` 0..n-1 in a seeded hash order of `key` (after `order_first`, if given;
+    `key` unique), for the duration of the `with` block. Without a single-partition window: a
+    distributed sort (range partitions, in order), each row's position inside its sorted
+    partition, plus the rows of the partitions before it (one count per partition, collected).
+    The sorted rows are cached while the block runs, so the counts and the ids come from one
+    partitioning (a recomputed sort could sample other range bounds)."""
     order = [F.xxhash64(F.col(key), F.lit(seed)), F.col(key)]
     if order_first:
         order = [F.col(order_first), *order]
-    return df.withColumn("row_id", (F.row_number().over(Window.orderBy(*order)) - 1).cast("long"))
+    ranked = (df.orderBy(*order)
+              .withColumn("_part", F.spark_partition_id())
+              .withColumn("_mono", F.monotonically_increasing_id())
+              .persist())
+    try:
+        sizes = sorted((r["_part"], r["n"]) for r in
+                       ranked.groupBy("_part").agg(F.count("*").alias("n")).collect())
+        offsets, before = [], 0
+        for part, n in sizes:
+            offsets += [F.lit(part), F.lit(before)]
+            before += n
+        offset = F.create_map(*offsets)[F.col("_part")] if offsets else F.lit(0)
+        position = F.col("_mono").bitwiseAND(F.lit((1 << ROW_BITS) - 1))
+        yield ranked.select(*df.columns, (offset + position).cast("long").alias("row_id"))
+    finally:
+        ranked.unpersist()
 
 
 def row_group_layout(spark: SparkSession, df: DataFrame, groups: int, split_col: str | None = None,
@@ -375,9 +400,9 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
                         "shares")
             vectors, names = customer_features(transactions, run_date, rfm, products,
                                                cfg.basket_weight, cfg.category_weight)
-            vectors = with_row_ids(vectors, "customer_id", cfg.seed)
-            layout = publish_for_petastorm(
-                lake, row_group_layout(spark, vectors, cfg.row_groups), "features/customers", partition)
+            with with_row_ids(vectors, "customer_id", cfg.seed) as vectors:
+                layout = publish_for_petastorm(lake, row_group_layout(spark, vectors, cfg.row_groups),
+                                               "features/customers", partition)
             run.counts["customers"] = layout["rows"]
             run.metrics["customers"] = {"feature_names": names, "dimension": len(names),
                                         "rfm_source": rfm_source,
@@ -402,10 +427,11 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
         if unknown:
             raise ValueError(f"images: split must be 'train' or 'test', found {unknown[0]['split']!r}")
         # train rows first (row_id 0..n_train-1), then test
-        images = with_row_ids(images.withColumn("_test", F.col("split") == "test"),
-                              "image_id", cfg.seed, order_first="_test").drop("_test")
-        images = row_group_layout(spark, images, cfg.row_groups, "split", ("train", "test"))
-        layout = publish_for_petastorm(lake, images, "features/images", partition)
+        with with_row_ids(images.withColumn("_test", F.col("split") == "test"),
+                          "image_id", cfg.seed, order_first="_test") as images:
+            images = row_group_layout(spark, images.drop("_test"), cfg.row_groups, "split",
+                                      ("train", "test"))
+            layout = publish_for_petastorm(lake, images, "features/images", partition)
         by_split = {r["split"]: r["count"] for r in
                     lake.read("features/images", partition).groupBy("split").count().collect()}
         run.counts.update(images=layout["rows"], images_train=by_split.get("train", 0),

@@ -88,9 +88,10 @@ def publish_image_features(spark, config, run_date: str, pixels: np.ndarray, lab
                            T.StructField("split", T.StringType())])
     images = decode_pixels(spark.createDataFrame(pdf, schema), pixels.shape[1], pixels.shape[2])
     images = images.select("image_id", "label", "split", "features")
-    images = with_row_ids(images.withColumn("_test", F.col("split") == "test"), "image_id",
-                          config.features.seed, order_first="_test").drop("_test")
-    images = row_group_layout(spark, images, config.features.row_groups, "split",
-                              ("train", "test"))
     lake = Lake(spark, config.lake.root)
-    return publish_for_petastorm(lake, images, "features/images", f"run_date={run_date}")["rows"]
+    with with_row_ids(images.withColumn("_test", F.col("split") == "test"), "image_id",
+                      config.features.seed, order_first="_test") as images:
+        images = row_group_layout(spark, images.drop("_test"), config.features.row_groups,
+                                  "split", ("train", "test"))
+        return publish_for_petastorm(lake, images, "features/images",
+                                     f"run_date={run_date}")["rows"]
