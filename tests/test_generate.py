@@ -335,6 +335,76 @@ def test_planted_groups_are_recovered_by_kmeans_on_rfm(main_run):
 
 
 # ---------------------------------------------------------------------------------------------
+# planted demand
+
+
+def test_quantities_follow_the_planted_demand(main_run):
+    """Each category's purchase quantities follow truth["demand"]: summed per category and
+    weekday, and per category and quarter of the period, the realized quantity is within 10% of
+    the planted expectation max(quantity_g * f_k(t), 1) of the same lines, and the planted
+    expectation itself varies far more than that (so a file without it would fail)."""
+    df, truth, out = main_run["df"], main_run["truth"], main_run["out"]
+    demand = truth["demand"]
+    assert len(demand["categories"]) == 10 and demand["start_date"] == truth["start_date"]
+    for c in demand["categories"]:
+        assert len(c["weekday_profile"]) == 7 and abs(np.mean(c["weekday_profile"]) - 1) < 1e-3
+        assert 1 <= c["yearly_peak_day"] <= 365 and 0 < c["yearly_amplitude"] < 1
+    buys = df[df["quantity"] > 0]
+    products = pd.read_csv(out / "products.csv", dtype={"product_id": str})
+    groups = pd.read_csv(out / "customers_truth.csv", index_col="customer_id")["group"]
+    qmean = {g["name"]: g["params"]["quantity"] for g in truth["groups"]}
+    buys = buys.assign(
+        category=buys["product_id"].map(products.set_index("product_id")["category_id"]),
+        qmean=buys["customer_id"].map(groups).map(qmean),
+        day=buys["invoice_ts"].dt.floor("D"),
+    )
+    factor = np.empty(len(buys))
+    for k, idx in buys.groupby("category").indices.items():
+        factor[idx] = gen.planted_demand_factor(demand, int(k), buys["day"].iloc[idx].to_numpy())
+    buys = buys.assign(
+        expected=np.maximum(buys["qmean"] * factor, 1.0),
+        weekday=buys["day"].dt.weekday,
+        quarter=((buys["day"] - pd.Timestamp(truth["start_date"])).dt.days * 4 // truth["days"]),
+    )
+    for by in ("weekday", "quarter"):
+        sums = buys.groupby(["category", by])[["quantity", "expected"]].sum()
+        ratio = sums["quantity"] / sums["expected"]
+        assert ratio.between(0.9, 1.1).all(), ratio.describe()
+        per_line = buys.groupby(["category", by])["expected"].mean()
+        spread = per_line / per_line.groupby(level=0).transform("mean")
+        assert spread.max() > 1.25 and spread.min() < 0.8, spread.describe()
+    # the weekday profile as planted (Monday first): the realized quantity per line divided by
+    # the group's mean, per category and weekday, correlates with it
+    rel = (buys["quantity"] / buys["qmean"]).groupby([buys["category"], buys["weekday"]]).mean()
+    for c in demand["categories"]:
+        got = rel.loc[c["category_id"]].to_numpy()
+        assert np.corrcoef(got, c["weekday_profile"])[0, 1] > 0.8, (c["category"], got)
+
+
+def test_planted_demand_moves_only_quantities(tmp_path):
+    """The demand is carried by quantities alone: a file generated with every multiplier at 1
+    has the same lines but for the quantity column (invoice times, customers, products and
+    prices, so the groups' recency and frequency, bundles and returns, are untouched)."""
+    planted = generate_transactions(tmp_path / "planted", 3000, seed=5, dirty_rate=0.0)
+    flat = {"start_date": planted["start_date"], "categories": [
+        {**c, "growth_per_year": 0.0, "yearly_amplitude": 0.0, "weekday_profile": [1.0] * 7}
+        for c in planted["demand"]["categories"]]}
+    original = gen._draw_demand
+    gen._draw_demand = lambda seed: flat["categories"]
+    try:
+        generate_transactions(tmp_path / "flat", 3000, seed=5, dirty_rate=0.0)
+    finally:
+        gen._draw_demand = original
+    a = pd.read_csv(tmp_path / "planted" / "transactions.csv", dtype=str)
+    b = pd.read_csv(tmp_path / "flat" / "transactions.csv", dtype=str)
+    rest = [c for c in a.columns if c != "quantity"]
+    assert a[rest].equals(b[rest])
+    assert (a["quantity"] != b["quantity"]).mean() > 0.2
+    for name in ("products.csv", "customers_truth.csv"):
+        assert (tmp_path / "planted" / name).read_bytes() == (tmp_path / "flat" / name).read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
 # arguments and edge cases
 
 

@@ -14,8 +14,9 @@
     and the rate at which the customer goes on buying after ``as_of`` (0 for the groups that have
     stopped; see :data:`GROUPS`);
 ``truth.json``
-    everything else that was planted (groups, bundles, returns, dirty lines) and what was realized
-    (counts, bundle support/confidence over the lines that survive cleaning, background pairs).
+    everything else that was planted (groups, bundles, returns, dirty lines, demand per category)
+    and what was realized (counts, bundle support/confidence over the lines that survive cleaning,
+    background pairs).
 
 How the data is made
 --------------------
@@ -42,6 +43,13 @@ Planted structure
   ``truth["background"]``).
 * Returns: about 1% of lines; each is a one-line invoice ``C...`` by the same customer, 1-30 days
   after the purchase it returns, with the same product and unit price and a negative quantity.
+* Demand per category (``truth["demand"]``): a purchase line of category ``k`` on day ``t`` has
+  the expected quantity ``max(quantity_g * f_k(t), 1)`` (``quantity_g`` its customer's group's),
+  ``f_k`` a log-linear growth times a yearly cycle times a weekday profile, each category with
+  its own parameters (:func:`planted_demand_factor`). Only quantities carry it: invoice times,
+  baskets, products and every other draw are those of a file without it (the quantities come
+  from their own random stream), so the groups' recency and frequency, the bundles and the
+  returns' timing keep their planted values.
 * Dirty lines (``dirty_rate``): each has exactly one defect, one of :data:`DIRTY_KINDS`. Only
   ordinary purchase lines that are not returned later are broken, so bundles and returns stay
   intact.
@@ -68,6 +76,7 @@ __all__ = [
     "DIRTY_KINDS",
     "GROUPS",
     "generate_transactions",
+    "planted_demand_factor",
 ]
 
 FASHION_MNIST_CLASSES = [
@@ -176,6 +185,13 @@ BUNDLE_TRIGGER_SHARE = (0.05, 0.09)  # share of purchase baskets holding the tri
 BUNDLE_CONFIDENCE = (0.60, 0.90)  # P(rest of the bundle | trigger)
 RETURN_INVOICE_RATE = 0.045  # share of purchase invoices that have one line returned later
 RETURN_DELAY_DAYS = (1.0, 30.0)
+# Planted demand per category (truth["demand"]; see planted_demand_factor): the weekday
+# multipliers are exp(uniform(-spread, spread)) scaled to mean 1; the yearly cycle's amplitude
+# and the log growth per year are drawn uniformly from these ranges, the peak day uniformly.
+DEMAND_WEEKDAY_SPREAD = 0.45
+DEMAND_YEARLY_AMPLITUDE = (0.2, 0.45)
+DEMAND_GROWTH_PER_YEAR = (-0.5, 0.5)
+_DAYS_PER_YEAR = 365.25
 TASTE_UNIFORM_MIX = 0.15  # effective taste = (1 - mix) * Dirichlet draw + mix / 10
 MAX_BASKET = 30
 MIN_PRODUCTS = 40
@@ -271,6 +287,52 @@ def _split_exact(total: int, shares) -> np.ndarray:
     if rest > 0:
         out[np.argsort(-(raw - out), kind="stable")[:rest]] += 1
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# planted demand
+
+
+def _draw_demand(seed: int) -> list[dict]:
+    """Per category: weekday profile (Monday first, mean 1), yearly amplitude and peak day of the
+    year, log growth per year. Its own random stream: the rest of the file does not move."""
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(2,)))
+    out = []
+    for k in range(len(FASHION_MNIST_CLASSES)):
+        weekday = np.exp(rng.uniform(-DEMAND_WEEKDAY_SPREAD, DEMAND_WEEKDAY_SPREAD, 7))
+        out.append({
+            "category_id": k,
+            "category": FASHION_MNIST_CLASSES[k],
+            "growth_per_year": round(float(rng.uniform(*DEMAND_GROWTH_PER_YEAR)), 4),
+            "yearly_amplitude": round(float(rng.uniform(*DEMAND_YEARLY_AMPLITUDE)), 4),
+            "yearly_peak_day": int(rng.integers(1, 366)),
+            "weekday_profile": [round(float(x), 4) for x in weekday / weekday.mean()],
+        })
+    return out
+
+
+def planted_demand_factor(demand: dict, category: int | str, dates) -> np.ndarray:
+    """The planted demand multiplier ``f_k(t)`` of one category on ``dates`` (anything
+    ``numpy.asarray(..., "datetime64[D]")`` takes), from ``truth["demand"]``::
+
+        f_k(t) = exp(growth_per_year * (t - start_date) / 365.25)
+                 * (1 + yearly_amplitude * cos(2 pi (day_of_year(t) - yearly_peak_day) / 365.25))
+                 * weekday_profile[weekday(t)]          (Monday = 0)
+
+    A purchase line of the category on that day has the expected quantity
+    ``max(quantity_g * f_k(t), 1)``, ``quantity_g`` being its customer's group's mean quantity.
+    """
+    params = next(c for c in demand["categories"]
+                  if category in (c["category_id"], c["category"]))
+    days = np.asarray(dates, dtype="datetime64[D]")
+    since = (days - np.datetime64(demand["start_date"], "D")).astype(np.float64)
+    day_of_year = (days - days.astype("datetime64[Y]").astype("datetime64[D]")).astype(
+        np.float64) + 1
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday
+    return (np.exp(params["growth_per_year"] * since / _DAYS_PER_YEAR)
+            * (1 + params["yearly_amplitude"]
+               * np.cos(2 * np.pi * (day_of_year - params["yearly_peak_day"]) / _DAYS_PER_YEAR))
+            * np.asarray(params["weekday_profile"])[weekday])
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,7 +635,7 @@ def _cents_str(c: int) -> str:
 class _Writer:
     """Generates and writes one block of invoices at a time."""
 
-    def __init__(self, seed, plan: _Plan, catalog: _Catalog, start, dirty_per_chunk):
+    def __init__(self, seed, plan: _Plan, catalog: _Catalog, start, dirty_per_chunk, demand):
         self.seed = seed
         self.plan = plan
         self.cat = catalog
@@ -593,6 +655,12 @@ class _Writer:
         self.prices = pa.array([s.encode() for s in self.price_str], pa.binary())
         self.countries = pa.array([c.encode() for c in COUNTRIES], pa.binary())
         self.qmean = np.array([grp["quantity"] for grp in GROUPS])
+        # planted demand multiplier per category (rows) and day from start (columns)
+        last_ts = max(int(plan.ts.max(initial=0)), int(plan.ret_ts.max(initial=0)))
+        n_days = last_ts // _SECONDS_PER_DAY + 1
+        dates = np.datetime64(start.isoformat(), "D") + np.arange(n_days)
+        self.demand = np.stack([planted_demand_factor(demand, k, dates)
+                                for k in range(len(FASHION_MNIST_CLASSES))])
         self.ret_prod = np.zeros(R, dtype=np.int32)
         self.ret_qty = np.zeros(R, dtype=np.int32)
         self.ret_level = np.zeros(R, dtype=np.int8)
@@ -671,7 +739,12 @@ class _Writer:
             e_prod = np.concatenate(e_prod)
             prod[bundle] = e_prod[np.argsort(e_row, kind="stable")]
 
-        qty = 1 + rng.poisson(np.maximum(self.qmean[grp] - 1.0, 0.0))
+        qty = 1 + rng.poisson(np.maximum(self.qmean[grp] - 1.0, 0.0))  # keeps rng's stream
+        # the planted demand: own stream, so every other draw stays that of a file without it
+        qrng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(3, k)))
+        day = row_ts[row] // _SECONDS_PER_DAY
+        factor = self.demand[cat.category[prod].astype(np.int64), np.maximum(day, 0)]
+        qty = 1 + qrng.poisson(np.maximum(self.qmean[grp] * factor - 1.0, 0.0))
         level = rng.choice(len(_DISCOUNT_LEVELS), size=L, p=_DISCOUNT_P)
 
         # remember what will be returned
@@ -958,7 +1031,8 @@ def generate_transactions(
     else:
         dirty_per_chunk = np.zeros(n_chunks, dtype=np.int64)
 
-    writer = _Writer(seed, plan, catalog, start, dirty_per_chunk)
+    demand = {"start_date": start.isoformat(), "categories": _draw_demand(seed)}
+    writer = _Writer(seed, plan, catalog, start, dirty_per_chunk, demand)
 
     def blocks():
         yield (",".join(TRANSACTION_COLUMNS) + "\n").encode()
@@ -1154,6 +1228,22 @@ def generate_transactions(
             "note": "file weights are the effective tastes used to pick ordinary products",
         },
         "countries": list(COUNTRIES),
+        "demand": {
+            **demand,
+            "model": (
+                "a purchase line of category k on day t has the expected quantity "
+                "max(quantity_g * f_k(t), 1), quantity_g its group's params.quantity; "
+                "f_k(t) = exp(growth_per_year * (t - start_date) / 365.25) * (1 + "
+                "yearly_amplitude * cos(2 pi (day_of_year(t) - yearly_peak_day) / 365.25)) * "
+                "weekday_profile[weekday(t)], Monday first (deepmine.generate."
+                "planted_demand_factor)"
+            ),
+            "note": (
+                "quantities only: the number of lines per day follows the customer groups "
+                "(more lines early in the period, fewer once at_risk and loyal stop), so the "
+                "demand per period is that line count times the planted multiplier"
+            ),
+        },
     }
     _atomic_write_bytes(
         out / "truth.json", [(json.dumps(truth, indent=2, sort_keys=False) + "\n").encode()]
