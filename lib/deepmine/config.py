@@ -153,9 +153,11 @@ class ForecastConfig:
     level: Literal["product", "category", "total"] = "category"
     season_length: int = 0  # periods per seasonal cycle; 0 = 7 (day), 52 (week), 12 (month)
     # candidates per series (statsforecast): auto_arima, auto_ets, seasonal_naive, croston (only
-    # for intermittent series), arima (a plain ARIMA(1,1,1), the textbook model)
+    # for intermittent series), arima (a plain ARIMA(1,1,1), the textbook model), mean_of_models
+    # (the mean of the other candidates' forecasts and bands: a forecast combination, which the
+    # M4 competition found more accurate than choosing one model; it needs two others)
     models: list[str] = field(default_factory=lambda: [
-        "auto_arima", "auto_ets", "seasonal_naive", "croston", "arima"])
+        "auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", "mean_of_models"])
     # rolling-origin backtest: windows of `horizon` periods each, the last one ending at D's
     # last complete period; the model with the smallest error over them is chosen per series
     backtest_windows: int = 3

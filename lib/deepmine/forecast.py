@@ -9,10 +9,12 @@ that last period on a full grid built in Spark, the periods without lines filled
 
 Fitting (`forecast_series`, numpy, one series): `groupBy("series_id").applyInPandas` gives each
 series to one Python call with its own set of Nixtla statsforecast models (`forecast.models`):
-AutoARIMA, AutoETS, the seasonal naive, Croston (only for intermittent series) and a plain
-ARIMA(1,1,1). A rolling-origin backtest (`forecast.backtest_windows` windows of `horizon`
-periods, the last ending at the last complete period) scores them by MASE: mean absolute error
-over the mean absolute seasonal difference of the history before the first origin. The model
+AutoARIMA, AutoETS, the seasonal naive, Croston (only for intermittent series), a plain
+ARIMA(1,1,1) and `mean_of_models`, the mean of the others' forecasts (a forecast combination, the
+M4 competition's lesson: Makridakis et al. 2018; it costs no fit of its own). A rolling-origin
+backtest (`forecast.backtest_windows` windows of `horizon` periods, the last ending at the last
+complete period) scores them by MASE: mean absolute error over the mean absolute seasonal
+difference of the history before the first origin. The model
 with the smallest error over every window is refitted on the whole series and forecasts. The
 MASE reported for a series is honest about that choice: each window is scored with the model
 chosen on the other windows. The 80% intervals are conformal by default (`forecast.intervals`):
@@ -47,7 +49,8 @@ from deepmine.lake import Lake, StageRun
 from deepmine.rfm import end_of_day
 from deepmine.schemas import MINING_FORECAST
 
-MODELS = ("auto_arima", "auto_ets", "seasonal_naive", "croston", "arima")
+COMBINATION = "mean_of_models"
+MODELS = ("auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", COMBINATION)
 DEFAULT_SEASON = {"day": 7, "week": 52, "month": 12}
 LEVEL = 80  # the interval's coverage, percent
 HISTORY_POINTS = 156  # periods of the largest series kept in the manifest for the report
@@ -71,6 +74,9 @@ def check_config(cfg: ForecastConfig) -> None:
     if unknown or "seasonal_naive" not in cfg.models:
         raise ConfigError(f"config key 'forecast.models': expected a list from {list(MODELS)} "
                           f"that holds seasonal_naive (the baseline), found {cfg.models}")
+    if COMBINATION in cfg.models and len(set(cfg.models) - {COMBINATION, "croston"}) < 2:
+        raise ConfigError(f"config key 'forecast.models': {COMBINATION} averages the other "
+                          f"candidates and needs two besides croston, found {cfg.models}")
     for key in ("backtest_windows", "min_history", "max_auto_season"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key 'forecast.{key}': expected >= 1, "
@@ -197,6 +203,26 @@ def _predict(name: str, y: np.ndarray, h: int, season: int, auto_season: int
                                                                           dtype=float)
 
 
+def _predict_all(names: list[str], y: np.ndarray, h: int, season: int, auto_season: int
+                 ) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Each of `names` fitted on `y` (those that fail or give a non-finite forecast left out);
+    COMBINATION, when named, is the mean of the others' forecasts and bands (two at least)."""
+    out = {}
+    for name in names:
+        if name == COMBINATION:
+            continue
+        try:
+            got = _predict(name, y, h, season, auto_season)
+        except Exception:  # noqa: BLE001 - a model that cannot fit this window loses it
+            continue
+        if np.all(np.isfinite(got[0])):
+            out[name] = got
+    if COMBINATION in names and len(out) >= 2:
+        out[COMBINATION] = tuple(np.mean([got[i] for got in out.values()], axis=0)
+                                 for i in range(3))
+    return out
+
+
 def _conformal(abs_errors: np.ndarray) -> float:
     """The half-width that holds LEVEL% of the backtest's absolute errors, with the split
     conformal correction (the ceil((n + 1) * level)-th smallest of n)."""
@@ -251,15 +277,11 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
     residual = {n: np.full((windows, h), np.inf) for n in names}  # absolute errors
     for w, origin in enumerate(origins):
         actual = y[origin:origin + h]
-        for name in names:
-            try:
-                mean, low, high = _predict(name, y[:origin], h, season, auto_season)
-            except Exception:  # noqa: BLE001 - a model that cannot fit this window loses it
-                continue
-            if np.all(np.isfinite(mean)):
-                residual[name][w] = np.abs(actual - mean)
-                error[name][w] = float(np.mean(residual[name][w])) / scale
-                inside[name][w] = float(np.sum((actual >= low) & (actual <= high)))
+        for name, (mean, low, high) in _predict_all(names, y[:origin], h, season,
+                                                    auto_season).items():
+            residual[name][w] = np.abs(actual - mean)
+            error[name][w] = float(np.mean(residual[name][w])) / scale
+            inside[name][w] = float(np.sum((actual >= low) & (actual <= high)))
     total = {n: float(np.sum(e)) for n, e in error.items()}
     chosen = min(names, key=lambda n: (total[n], names.index(n)))
     # each window scored by the model the other windows choose (the choice is not graded on
@@ -273,11 +295,12 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
             covered += float(np.sum(residual[pick][w] <= _conformal(residual[pick][others])))
         else:
             covered += inside[pick][w]
-    try:
-        mean, low, high = _predict(chosen, y, h, season, auto_season)
-    except Exception:  # noqa: BLE001 - the refit on the whole series failed: the baseline
+    refit = _predict_all(names if chosen == COMBINATION else [chosen], y, h, season,
+                         auto_season)
+    if chosen not in refit:  # the refit on the whole series failed: the baseline
         chosen = "seasonal_naive"
-        mean, low, high = _predict(chosen, y, h, season, auto_season)
+        refit = _predict_all([chosen], y, h, season, auto_season)
+    mean, low, high = refit[chosen]
     if cfg.intervals == "conformal":
         half = _conformal(residual[chosen])
         low, high = mean - half, mean + half
