@@ -114,3 +114,64 @@ def test_negative_reviews_name_their_products_planted_flaw(spark, tmp_path, lang
                                   stop_words(spark, cfg))[0]) for p in checked}
     hits = [bool(found.get(p) and found[p][0] in flaw_tokens[p]) for p in checked]
     assert np.mean(hits) >= 0.8, [(p, found.get(p), flaw_tokens[p]) for p in checked]
+
+
+def _manifest_stage(spark, config, date, stage):
+    from deepmine.lake import Lake
+    return Lake(spark, config.lake.root).read_manifest(date)["stages"][stage]
+
+
+@pytest.mark.parametrize("model,language", [("textcnn", "en"), ("textrnn", "zh")])
+def test_text_model_learns_the_planted_sentiment(spark, tmp_path, make_config, model, language):
+    """Generated reviews -> ingest -> features (token ids, Word2Vec) -> 2 Horovod ranks -> the
+    model's sentiment probability ranks the reviews by their planted satisfaction, and the stage
+    reports it beside the TF-IDF baseline on the same test reviews (ok only when it reaches it)."""
+    from scipy.stats import spearmanr
+
+    from deepmine.features import run_features
+    from deepmine.ingest import run_ingest
+    from deepmine.lake import Lake
+    from deepmine.train import run_train
+    date = "2026-11-22"
+    info = generate_reviews(tmp_path / "in", 1600, 5, language)
+    config = make_config("features.synthetic_images=70", "features.row_groups=2",
+                         "train.epochs=8", "train.patience=2", "text.max_tokens=40",
+                         "text.embedding_dim=32", "input.transactions=")
+    run_ingest(spark, config, date, info["path"], entity="reviews")
+    run_features(spark, config, date)
+    prep = _manifest_stage(spark, config, date, "features")["metrics"]["reviews"]
+    assert prep["one_token"] == 0 and prep["mean_tokens"] > 8  # never a sentence per token
+    run_train(spark, config, date, model)
+    record = _manifest_stage(spark, config, date, f"train_{model}")
+    m = record["metrics"]
+    assert {"accuracy", "auc", "baseline_accuracy", "baseline_auc"} <= set(m)
+    assert m["test_reviews"] > 100 and m["epochs_run"] >= 2
+    if record["status"] == "ok":
+        assert m["auc"] >= m["baseline_auc"] - config.train.gate_tolerance
+    assert m["auc"] > 0.85 and m["accuracy"] > m["majority_accuracy"], m
+    lake = Lake(spark, config.lake.root)
+    predicted = {r["review_id"]: r["sentiment_probability"]
+                 for r in lake.read(f"predictions/{model}", f"run_date={date}").collect()}
+    with open(tmp_path / "in" / "reviews_truth.csv", newline="") as f:
+        planted = {r["review_id"]: float(r["satisfaction"]) for r in csv.DictReader(f)}
+    assert set(predicted) == set(planted)
+    ids = sorted(planted)
+    rho = spearmanr([predicted[i] for i in ids], [planted[i] for i in ids]).statistic
+    assert rho > 0.6, rho
+    if model != "textcnn":
+        return
+    # the per-product summary, from the model when it ended ok: mean sentiment follows the
+    # planted product quality
+    from deepmine.review_summary import run_review_summary
+    out = run_review_summary(spark, config, date)
+    assert out["source"] == ("predictions/textcnn" if record["status"] == "ok"
+                             else "predictions/review_baseline")
+    summary = {r["product_id"]: r for r in
+               lake.read("mining/review_summary", f"run_date={date}").collect()}
+    truth = json.loads((tmp_path / "in" / "reviews_truth.json").read_text())["products"]
+    reviewed = sorted(p for p in truth if p in summary)
+    assert sum(summary[p]["reviews"] for p in reviewed) == 1600
+    assert all(0 <= summary[p]["share_negative"] <= 1 for p in reviewed)
+    quality = spearmanr([summary[p]["mean_sentiment"] for p in reviewed],
+                        [truth[p]["quality"] for p in reviewed]).statistic
+    assert quality > 0.7, quality

@@ -40,7 +40,10 @@ MINING_STAGES = {
     "rules": "FP-growth frequent itemsets and association rules with mlxtend's metrics",
     "recommend": "ALS top-N recommendations with evaluation against a popularity baseline",
     "report": "the run's HTML report with plots, next to its manifest",
-    "features": "customer feature vectors and image tables, laid out as Petastorm shards",
+    "features": "customer feature vectors, image tables and review token ids, laid out as "
+                "Petastorm shards",
+    "review_summary": "per product: reviews, mean predicted sentiment, share negative and the "
+                      "terms that set its negative reviews apart",
 }
 
 
@@ -83,10 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage_parser(sub, "train", "Horovod training of a model on the feature tables, batch "
                       "inference with Spark, metrics")
-    p.add_argument("--model", required=True, choices=["autoencoder", "cnn"],
-                   help="autoencoder: deep clustering (DEC/IDEC); cnn: image classifier")
-    p.add_argument("--target", default="images", choices=["customers", "images"],
-                   help="what the model learns from (default images; the CNN takes images only)")
+    p.add_argument("--model", required=True, choices=["autoencoder", "cnn", "textcnn", "textrnn"],
+                   help="autoencoder: deep clustering (DEC/IDEC); cnn: image classifier; "
+                   "textcnn, textrnn: review sentiment")
+    p.add_argument("--target", default=None, choices=["customers", "images", "reviews"],
+                   help="what the model learns from (default: images, reviews for the text "
+                   "models; the CNN takes images only)")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("generate", help="synthetic transactions with planted truth")
@@ -98,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=365)
     p.add_argument("--customers", type=int, default=0, help="0 = derived from --lines")
     p.add_argument("--products", type=int, default=0, help="0 = derived from --lines")
+    p.add_argument("--reviews", type=int, default=0,
+                   help="also write N product reviews with planted sentiment (reviews.csv)")
+    p.add_argument("--language", choices=["en", "zh"], default="en",
+                   help="the reviews' language (zh: Chinese, written without spaces)")
     p.set_defaults(handler=_generate)
 
     p = sub.add_parser("submit", help="run a stage's job on a cluster with spark-submit",
@@ -228,6 +237,14 @@ def _generate(args) -> int:
     counts = truth.get("counts", {})
     print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()
                                             if not isinstance(v, dict)))
+    if args.reviews:
+        from deepmine.generate_reviews import generate_reviews
+        info = generate_reviews(args.out, args.reviews, args.seed, args.language,
+                                products=int(counts.get("products", 0) or 0),
+                                customers=int(counts.get("customers", 0) or 0),
+                                start=dt.date.fromisoformat(args.start_date), days=args.days)
+        print(f"wrote {info['path']}: reviews={info['reviews']}, products={info['products']}, "
+              f"language={info['language']}")
     return 0
 
 

@@ -380,6 +380,36 @@ def publish_for_petastorm(lake: Lake, df: DataFrame, table: str, partition: str)
 
 # =============================================================== stage
 
+def _publish_review_features(lake: Lake, config: Config, run_date: str,
+                             metrics: dict[str, Any]) -> dict[str, int]:
+    """features/reviews (token ids for the text models, laid out for Petastorm like the images)
+    and features/reviews_vocabulary (the embedding matrix and the vocabulary, as files)."""
+    import io
+    import json
+
+    from deepmine.text import latest_reviews, review_features
+    partition = f"run_date={run_date}"
+    cfg = config.features
+    reviews = latest_reviews(lake.read_history("clean/reviews", run_date))
+    features, vocab, matrix, summary = review_features(reviews, config.text)
+    try:
+        with with_row_ids(features.withColumn("_test", F.col("split") == "test"), "review_id",
+                          cfg.seed, order_first="_test") as laid:
+            laid = row_group_layout(lake.spark, laid.drop("_test"), cfg.row_groups, "split",
+                                    ("train", "test"))
+            layout = publish_for_petastorm(lake, laid, "features/reviews", partition)
+    finally:
+        features.unpersist()
+    buffer = io.BytesIO()
+    np.save(buffer, matrix)
+    lake.publish_files("features/reviews_vocabulary", partition, {
+        "embeddings.npy": buffer.getvalue(),
+        "vocabulary.json": json.dumps(vocab.tokens, ensure_ascii=False).encode()})
+    metrics["reviews"] = {**summary, **{k: v for k, v in layout.items() if k != "rows"}}
+    return {"reviews": layout["rows"], "reviews_train": summary["reviews"] - summary["test"],
+            "reviews_test": summary["test"]}
+
+
 def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
     """Build and publish the customer and image feature tables for `run_date`."""
     lake = Lake(spark, config.lake.root)
@@ -412,6 +442,9 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
         else:
             run.log("[features] no clean/transactions: customer features skipped")
             run.counts["customers"] = 0
+
+        if lake.exists(lake.url("clean/reviews")):
+            run.counts.update(_publish_review_features(lake, config, run_date, run.metrics))
 
         raw, source = image_source(spark, lake, config, run_date)
         if source == "synthetic" and cfg.image_source == "auto":

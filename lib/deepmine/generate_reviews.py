@@ -11,6 +11,9 @@ filler between; a negative sentence names the product's flaw with probability 0.
 ten puts a line break between sentences (a quoted line break in the CSV). The Chinese phrases are
 written without spaces, as Chinese is.
 
+Product and customer ids are those `deepmine generate` gives transactions (P00001.., C000001..), so
+reviews written beside transactions are about the same products and by the same customers.
+
 Files: reviews.csv (review_id, product_id, customer_id, rating, text, review_ts; no split: the
 ingest's seeded hash picks it), reviews_truth.csv (review_id, satisfaction, positive_sentences,
 sentences) and reviews_truth.json (per product: quality and flaw; the star thresholds).
@@ -100,7 +103,7 @@ def generate_reviews(out: str | Path, reviews: int, seed: int, language: str = "
             when = dt.datetime.combine(start, dt.time()) + dt.timedelta(
                 seconds=int(rng.integers(days * 86400)))
             review_id = f"R{i:07d}"
-            writer.writerow([review_id, f"P{p:05d}", f"C{c:06d}", int(stars(np.array([s]))[0]),
+            writer.writerow([review_id, f"P{p + 1:05d}", f"C{c + 1:06d}", int(stars(np.array([s]))[0]),
                              text, when.strftime("%Y-%m-%d %H:%M:%S")])
             truth_rows.append((review_id, round(float(s), 6), int(positive.sum()), n))
     with open(out / "reviews_truth.csv", "w", newline="", encoding="utf-8") as f:
@@ -108,7 +111,7 @@ def generate_reviews(out: str | Path, reviews: int, seed: int, language: str = "
         writer.writerow(["review_id", "satisfaction", "positive_sentences", "sentences"])
         writer.writerows(truth_rows)
     truth = {"language": language, "seed": seed, "thresholds": list(THRESHOLDS),
-             "products": {f"P{p:05d}": {"quality": round(float(quality[p]), 6), "flaw": flaws[p]}
+             "products": {f"P{p + 1:05d}": {"quality": round(float(quality[p]), 6), "flaw": flaws[p]}
                           for p in range(products)}}
     (out / "reviews_truth.json").write_text(json.dumps(truth, indent=1, ensure_ascii=False))
     return {"reviews": reviews, "products": products, "customers": customers,

@@ -42,6 +42,7 @@ class NightlyInputs:
     transactions: str
     ratings: str = ""
     images: str = ""
+    reviews: str = ""
 
 
 def resolve_inputs(config: Config, transactions: str | None = None) -> NightlyInputs:
@@ -55,7 +56,7 @@ def resolve_inputs(config: Config, transactions: str | None = None) -> NightlyIn
         generate_transactions(out, lines=g.lines, seed=g.seed, dirty_rate=g.dirty_rate,
                               start_date=g.start_date, days=g.days, customers=g.customers,
                               products=g.products)
-    return NightlyInputs(path, config.input.ratings, config.input.images)
+    return NightlyInputs(path, config.input.ratings, config.input.images, config.input.reviews)
 
 
 def _ingest(entity: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
@@ -89,6 +90,8 @@ STAGES: list[Stage] = [
           applies=lambda config, inputs: bool(inputs.ratings)),
     Stage(stage_name("images"), _ingest("images"), ("clean/images", "quarantine/images"), "dt",
           applies=lambda config, inputs: bool(inputs.images)),
+    Stage(stage_name("reviews"), _ingest("reviews"), ("clean/reviews", "quarantine/reviews"),
+          "dt", applies=lambda config, inputs: bool(inputs.reviews)),
     Stage("rfm", _mining("rfm"), ("mining/rfm", "mining/rfm_segments"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     Stage("churn", _mining("churn"), ("mining/churn",),
@@ -105,7 +108,7 @@ STAGES: list[Stage] = [
     # features and training: images always (Fashion-MNIST or synthetic when none were ingested),
     # customers where there are transactions (RFM values from mining/rfm when it ran)
     Stage("features", _mining("features"), ("features/images",),
-          needs=("ingest", "ingest_images", "rfm")),
+          needs=("ingest", "ingest_images", "ingest_reviews", "rfm")),
     Stage("train_autoencoder_customers", _training("autoencoder", "customers"),
           ("models/autoencoder_customers", "predictions/autoencoder_customers"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("features",)),
@@ -113,6 +116,12 @@ STAGES: list[Stage] = [
           ("models/autoencoder_images", "predictions/autoencoder_images"), needs=("features",)),
     Stage("train_cnn", _training("cnn", "images"), ("models/cnn", "predictions/cnn"),
           needs=("features",)),
+    # review sentiment where reviews were ingested, then the per-product summary
+    *[Stage(f"train_{m}", _training(m, "reviews"), (f"models/{m}", f"predictions/{m}"),
+            applies=lambda config, inputs: bool(inputs.reviews), needs=("features",))
+      for m in ("textcnn", "textrnn")],
+    Stage("review_summary", _mining("review_summary"), ("mining/review_summary",),
+          applies=lambda config, inputs: bool(inputs.reviews), needs=("ingest_reviews",)),
     # the report needs nothing: on a failed night it is the page that shows what failed
     Stage("report", _mining("report"), (), summarizes=True),
 ]

@@ -20,13 +20,15 @@ from deepmine.schemas import TABLES
 def predict(features: DataFrame, spec: dict, weights: bytes, id_column: str, table: str) -> DataFrame:
     """`features` (id_column, features) -> rows of the predictions `table`'s schema.
 
-    cnn: predicted_label and its softmax probability; a clustering model: cluster (argmax of the
-    soft assignment), its probability and the embedding.
+    cnn: predicted_label and its softmax probability; a text model: sentiment_probability (the
+    softmax's positive class); a clustering model: cluster (argmax of the soft assignment), its
+    probability and the embedding.
     """
     schema = TABLES[table]
     shipped = features.sparkSession.sparkContext.broadcast(weights)
     spec_text = json.dumps(spec)
     classify = spec["kind"] == "cnn"
+    sentiment = spec["kind"] in ("textcnn", "textrnn")
 
     def infer(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
@@ -40,7 +42,11 @@ def predict(features: DataFrame, spec: dict, weights: bytes, id_column: str, tab
                 continue
             x = torch.from_numpy(np.stack(pdf["features"].to_numpy()).astype(np.float32))
             with torch.no_grad():
-                if classify:
+                if sentiment:
+                    prob = torch.softmax(model(x), dim=1)[:, 1]
+                    yield pd.DataFrame({id_column: pdf[id_column],
+                                        "sentiment_probability": prob.numpy().astype(np.float64)})
+                elif classify:
                     prob = torch.softmax(model(x), dim=1)
                     best = prob.max(dim=1)
                     yield pd.DataFrame({id_column: pdf[id_column],

@@ -128,6 +128,32 @@ FEATURES_IMAGES = T.StructType([
     T.StructField("features", T.ArrayType(T.FloatType()), False),
 ])
 
+# features/reviews/run_date=D: `features` = the review's token ids (0 pads, 1 an unknown token,
+# the vocabulary's i-th token i + 2) as floats, text.max_tokens of them; `label` 1 positive,
+# 0 negative, -1 neither (scored, not trained on); train and test rows in separate files.
+FEATURES_REVIEWS = T.StructType([
+    T.StructField("review_id", T.StringType(), False),
+    T.StructField("row_id", T.LongType(), False),
+    T.StructField("label", T.LongType(), False),
+    T.StructField("split", T.StringType(), False),
+    T.StructField("features", T.ArrayType(T.FloatType()), False),
+])
+
+# predictions/textcnn and predictions/textrnn: the probability that the review is positive.
+PREDICTIONS_TEXT = T.StructType([
+    T.StructField("review_id", T.StringType(), False),
+    T.StructField("sentiment_probability", T.DoubleType(), False),
+])
+
+# mining/review_summary/run_date=D: per product, from the chosen text model's predictions.
+MINING_REVIEW_SUMMARY = T.StructType([
+    T.StructField("product_id", T.StringType(), False),
+    T.StructField("reviews", T.LongType(), False),
+    T.StructField("mean_sentiment", T.DoubleType(), True),
+    T.StructField("share_negative", T.DoubleType(), True),
+    T.StructField("negative_terms", T.ArrayType(T.StringType()), False),
+])
+
 # predictions/autoencoder_customers/run_date=D and predictions/autoencoder_images/run_date=D:
 # the DEC cluster (argmax of the soft assignment), its probability, and the embedding.
 PREDICTIONS_CLUSTERS_CUSTOMERS = T.StructType([
@@ -192,6 +218,11 @@ TABLES: dict[str, T.StructType] = {
     "mining/recommendations": MINING_RECOMMENDATIONS,
     "features/customers": FEATURES_CUSTOMERS,
     "features/images": FEATURES_IMAGES,
+    "features/reviews": FEATURES_REVIEWS,
+    "predictions/textcnn": PREDICTIONS_TEXT,
+    "predictions/textrnn": PREDICTIONS_TEXT,
+    "predictions/review_baseline": PREDICTIONS_TEXT,
+    "mining/review_summary": MINING_REVIEW_SUMMARY,
     "predictions/autoencoder_customers": PREDICTIONS_CLUSTERS_CUSTOMERS,
     "predictions/autoencoder_images": PREDICTIONS_CLUSTERS_IMAGES,
     "predictions/cnn": PREDICTIONS_CNN,

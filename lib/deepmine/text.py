@@ -266,3 +266,40 @@ def review_summary(scored: DataFrame, terms: int) -> DataFrame:
             .select("product_id", F.col("reviews").cast("long"), "mean_sentiment",
                     "share_negative", F.coalesce("negative_terms", F.array().cast("array<string>"))
                     .alias("negative_terms")))
+
+
+# =============================================================== features for the deep models
+
+def latest_reviews(history: DataFrame) -> DataFrame:
+    """Clean reviews of every dt up to D -> the latest version of each review_id."""
+    from pyspark.sql import Window
+    latest = Window.partitionBy("review_id").orderBy(F.col("dt").desc(),
+                                                     F.col("source_file").desc())
+    return history.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n", "dt")
+
+
+def review_features(reviews: DataFrame, cfg: TextConfig
+                    ) -> tuple[DataFrame, Vocabulary, np.ndarray, dict[str, Any]]:
+    """Clean reviews -> (review_id, label, split, features: the token ids as floats, the flat
+    vector every model takes), the vocabulary, the embedding matrix, and a summary."""
+    prepared = prepare(reviews, cfg).persist()
+    try:
+        vocab = fit_vocabulary(prepared, cfg)
+        matrix, found = embeddings(prepared, vocab, cfg)
+        stats = prepared.agg(
+            F.count("*").alias("reviews"), F.count_if(F.col("split") == "test").alias("test"),
+            F.count_if(F.col("label") == 1).alias("positive"),
+            F.count_if(F.col("label") == 0).alias("negative"),
+            F.avg(F.size("tokens")).alias("mean_tokens"),
+            F.avg((F.size("tokens") > cfg.max_tokens).cast("double")).alias("share_cut"),
+            F.count_if(F.size("tokens") == 1).alias("one_token")).first().asDict()
+        ids = token_ids(prepared, vocab, cfg.max_tokens)
+        features = ids.select("review_id", "label", "split",
+                              F.col("token_ids").cast("array<float>").alias("features"))
+        summary = {**{k: (round(float(v), 4) if isinstance(v, float) else v)
+                      for k, v in stats.items()},
+                   "vocabulary": vocab.size, "tokenizer": cfg.tokenizer,
+                   "max_tokens": cfg.max_tokens, **found}
+        return features.persist(), vocab, matrix, summary
+    finally:
+        prepared.unpersist()

@@ -1,7 +1,7 @@
-"""Train: `deepmine train --model cnn|autoencoder --target images|customers`.
+"""Train: `deepmine train --model cnn|autoencoder|textcnn|textrnn --target images|customers|reviews`.
 
-One stage per model (manifest names `train_cnn`, `train_autoencoder_customers`,
-`train_autoencoder_images`), each doing, for run date D:
+One stage per model (manifest names `train_cnn`, `train_textcnn`, `train_textrnn`,
+`train_autoencoder_customers`, `train_autoencoder_images`), each doing, for run date D:
 
 1. launch `deepmine.trainer.train` on `train.num_proc` Horovod ranks over the feature table's
    Parquet files (`train.launcher`: `spark` = horovod.spark.run from this session, or
@@ -43,19 +43,28 @@ from deepmine.lake import Lake, StageRun
 from deepmine.loader import parquet_parts, split_urls
 from deepmine.trainer import COLLAPSE_SHARE, CheckpointStore, TrainArgs, state_dict_bytes
 
-MODELS = ("autoencoder", "cnn")
-TARGETS = ("customers", "images")
+MODELS = ("autoencoder", "cnn", "textcnn", "textrnn")
+TEXT_MODELS = ("textcnn", "textrnn")  # sentiment of reviews (deepmine.train_text)
+TARGETS = ("customers", "images", "reviews")
 CUSTOMER_HIDDEN = (64, 32)
 IMAGE_DENSE_HIDDEN = (500, 500, 2000)  # DEC's and N2D's layout (train.image_autoencoder: dense)
 PROJECTION_DIM = 64  # the contrastive projection head's output (train.contrastive_weight)
 
 
-def model_name(model: str, target: str) -> str:
-    """The model's name in the lake (`models/<name>`, `predictions/<name>`)."""
+def model_name(model: str, target: str | None) -> str:
+    """The model's name in the lake (`models/<name>`, `predictions/<name>`); `target` None is
+    the model's own (images for the CNN and the autoencoder, reviews for the text models)."""
     if model not in MODELS:
         raise ConfigError(f"--model: expected one of {list(MODELS)}, found {model!r}")
+    target = target or ("reviews" if model in TEXT_MODELS else "images")
     if target not in TARGETS:
         raise ConfigError(f"--target: expected one of {list(TARGETS)}, found {target!r}")
+    if model in TEXT_MODELS:
+        if target != "reviews":
+            raise ConfigError(f"--model {model} classifies reviews: use --target reviews")
+        return model
+    if target == "reviews":
+        raise ConfigError(f"--model {model} does not take reviews: use textcnn or textrnn")
     if model == "cnn":
         if target != "images":
             raise ConfigError("--model cnn classifies images: use --target images")
@@ -63,7 +72,7 @@ def model_name(model: str, target: str) -> str:
     return f"autoencoder_{target}"
 
 
-def stage_name(model: str, target: str) -> str:
+def stage_name(model: str, target: str | None) -> str:
     return f"train_{model_name(model, target)}"
 
 
@@ -98,7 +107,13 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
                   validation_fraction=t.validation_fraction, budget_seconds=t.budget_seconds,
                   max_retries=t.max_retries, recovery_lr_factor=t.recovery_lr_factor)
     h, w = config.images.height, config.images.width
-    if name == "cnn":
+    if name in TEXT_MODELS:
+        from deepmine.train_text import text_spec
+        train_files, test_files = split_urls(parts, "train"), split_urls(parts, "test")
+        args = TrainArgs(task="cnn", spec=text_spec(config, name, run_date),
+                         train_urls=train_files, eval_urls=test_files, epochs=t.epochs, **common)
+        needed = len(train_files)
+    elif name == "cnn":
         train_files, test_files = split_urls(parts, "train"), split_urls(parts, "test")
         n_classes = _class_count(train_files)
         args = TrainArgs(task="cnn", spec={"kind": "cnn", "height": h, "width": w,
@@ -289,10 +304,11 @@ def customer_truth_path(config: Config, manifest: dict) -> str:
 # --------------------------------------------------------------------------- stage
 
 def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "cnn",
-              target: str = "images") -> dict:
+              target: str | None = None) -> dict:
     """Train `model` on the `target` feature table for `run_date`; publish the model, the
     predictions and the metrics."""
     name = model_name(model, target)
+    target = target or ("reviews" if model in TEXT_MODELS else "images")
     lake = Lake(spark, config.lake.root)
     partition = f"run_date={run_date}"
     table = f"features/{target}"
@@ -311,14 +327,18 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         history = list(final["history"])
 
         from deepmine.predict import predict
-        id_column = "customer_id" if target == "customers" else "image_id"
+        id_column = {"customers": "customer_id", "reviews": "review_id"}.get(target, "image_id")
         features = lake.read(table, partition)
         predictions = predict(features, args.spec, weights, id_column, f"predictions/{name}")
         rows = lake.publish(predictions, f"predictions/{name}", partition)
         published = lake.read(f"predictions/{name}", partition)
 
         summary = final.get("summary", {})
-        if name == "cnn":
+        if name in TEXT_MODELS:
+            from deepmine.train_text import text_metrics
+            metrics, extra_files, reasons = text_metrics(args, final, lake, published, config,
+                                                         partition)
+        elif name == "cnn":
             metrics, extra_files, reasons = _cnn_metrics(args, final, features, published, config)
         else:
             manifest = lake.read_manifest(run_date)
@@ -346,7 +366,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
             train_seconds=round(train_seconds, 3),
             train_samples_per_s=round(train_samples / train_seconds, 1) if train_seconds else None,
             history=history)
-        if name != "cnn":
+        if args.task == "dec":
             metrics["pretrain_epochs_run"] = summary.get("pretrain_epochs_run")
         else:
             metrics.pop("pretrain_stop_reason")

@@ -81,8 +81,10 @@ CHECKPOINT = re.compile(r"^epoch-(\d{4})\.pt$")
 
 @dataclass
 class TrainArgs:
-    task: str  # "cnn" or "dec"
-    name: str  # the model's name in the lake: cnn, autoencoder_customers, autoencoder_images
+    task: str  # "cnn" (classifiers: the image CNN and the text models) or "dec"
+    # the model's name in the lake: cnn, textcnn, textrnn, autoencoder_customers,
+    # autoencoder_images
+    name: str
     spec: dict[str, Any]  # deepmine.models.build(spec)
     train_urls: list[str]  # Parquet files read for training (row_id, features[, label])
     checkpoint_dir: str  # URL; rank 0 writes epoch-NNNN.pt there
@@ -167,6 +169,14 @@ class CheckpointStore:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def load_matrix(url: str) -> torch.Tensor:
+    """A NumPy .npy file at a URL (pretrained embeddings), as a float32 tensor."""
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(url)
+    with fs.open_input_stream(path) as f:
+        return torch.from_numpy(np.load(io.BytesIO(f.read())).astype(np.float32))
+
 
 def pick_device(preference: str, local_rank: int) -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
@@ -398,10 +408,15 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
     while True:
         lr, seed = attempt_settings(args, attempt)
         torch.manual_seed(seed)
-        model = build(args.spec).to(device)
-        params = list(model.parameters())
+        model = build(args.spec)
+        if args.spec.get("embeddings_url") and state is None:
+            model.load_embeddings(load_matrix(args.spec["embeddings_url"]))
+        model = model.to(device)
+        # frozen weights (static pretrained embeddings) have no gradient to average
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        params = [p for _, p in named]
         optimizer = torch.optim.Adam(params, lr=lr * r.size)  # lr scaled by the number of ranks
-        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+        optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named)
         if state is not None:
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])

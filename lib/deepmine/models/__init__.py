@@ -13,16 +13,24 @@ from torch import nn
 from deepmine.models.autoencoder import ConvAutoencoder, DenseAutoencoder
 from deepmine.models.cnn import CNNClassifier
 from deepmine.models.dec import ClusteringModel, target_distribution
+from deepmine.models.text import TextCNN, TextRNN
 
 __all__ = ["ConvAutoencoder", "DenseAutoencoder", "CNNClassifier", "ClusteringModel",
-           "target_distribution", "build"]
+           "TextCNN", "TextRNN", "target_distribution", "build"]
+
+TEXT_KINDS = ("textcnn", "textrnn")  # classifiers over token ids
 
 
 def build(spec: dict[str, Any]) -> nn.Module:
-    """A model from its spec: {"kind": "cnn" | "dense_dec" | "conv_dec", ...}."""
+    """A model from its spec: {"kind": "cnn" | "textcnn" | "textrnn" | "dense_dec" | "conv_dec",
+    ...}."""
     kind = spec["kind"]
     if kind == "cnn":
         return CNNClassifier(spec["height"], spec["width"], spec["n_classes"])
+    if kind in TEXT_KINDS:
+        cls = TextCNN if kind == "textcnn" else TextRNN
+        return cls(spec["vocab_size"], spec["embedding_dim"], spec["n_classes"],
+                   freeze_embeddings=spec.get("freeze_embeddings", False))
     if kind == "dense_dec":
         ae = DenseAutoencoder(spec["in_dim"], tuple(spec["hidden"]), spec["embedding_dim"],
                               spec.get("input_shift", 0.0), spec.get("input_scale", 1.0))
@@ -31,6 +39,7 @@ def build(spec: dict[str, Any]) -> nn.Module:
                              spec.get("output", "sigmoid"), spec.get("input_shift", 0.0),
                              spec.get("input_scale", 1.0))
     else:
-        raise ValueError(f"unknown model kind {kind!r}; expected cnn, dense_dec or conv_dec")
+        raise ValueError(f"unknown model kind {kind!r}; expected cnn, textcnn, textrnn, "
+                         "dense_dec or conv_dec")
     return ClusteringModel(ae, spec["n_clusters"], spec["embedding_dim"], spec.get("alpha", 1.0),
                            spec.get("projection_dim", 0))
