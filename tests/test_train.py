@@ -439,3 +439,36 @@ def test_pixel_baselines_on_separable_classes():
     x = (np.eye(3)[y] @ rng.random((3, 16)) + 0.05 * rng.random((400, 16))).astype(np.float32)
     out = pixel_baselines(x[:300], y[:300], x[300:], y[300:], seed=0)
     assert out["logistic_pixels"] > 0.9 and out["majority_class"] < 0.6
+
+
+def test_dec_starts_from_the_kmeans_restart_most_compact_in_the_input_vectors():
+    """Issue 13: an embedding can make a wrong partition the lowest within-cluster sum of
+    squares (K-means' own pick) while the right one is among its restarts. Here the input has
+    three round groups; the embedding stretches one and squeezes the other two together, so
+    splitting the first and merging the others is cheaper in the embedding. Judged in the input
+    vectors, the right restart wins. The sums of squares add up across ranks and batches."""
+    import numpy as np
+    from deepmine.metrics import cluster_accuracy
+    from deepmine.trainer import (kmeans_restarts, restart_choice, within_cluster_ss,
+                                  within_cluster_sums)
+    rng = np.random.RandomState(0)
+    truth = np.repeat(np.arange(3), 200)
+    x = np.array([[0.0, 0.0], [12.0, 0.0], [12.0, 6.0]])[truth] + rng.randn(600, 2)
+    z = x.copy()
+    z[truth == 0] *= [2.0, 0.3]
+    z[truth > 0] = [12.0, 0.0] + (z[truth > 0] - [12.0, 0.0]) * [0.3, 0.25]
+    restarts = kmeans_restarts(z, 3, 10, seed=42)
+    partitions = torch.as_tensor(np.stack([labels for _, labels, _ in restarts]))
+    # two "ranks" of unequal size, summed, as _input_within_ss does
+    halves = [within_cluster_sums(torch.as_tensor(x[rows]), partitions[:, rows], 3)
+              for rows in (slice(0, 250), slice(250, 600))]
+    input_ss = within_cluster_ss(halves[0][0] + halves[1][0], halves[0][1] + halves[1][1],
+                                 halves[0][2] + halves[1][2])
+    for labels, ss in zip(partitions.numpy(), input_ss):
+        direct = sum(((x[labels == j] - x[labels == j].mean(0)) ** 2).sum() for j in range(3))
+        assert ss == pytest.approx(direct, rel=1e-9)
+    embedding_ss = [inertia for _, _, inertia in restarts]
+    accuracy = [cluster_accuracy(truth, labels) for labels in partitions.numpy()]
+    assert accuracy[restart_choice(embedding_ss, input_ss, "embedding")] < 0.6
+    assert accuracy[restart_choice(embedding_ss, input_ss, "input")] == 1.0
+    assert restart_choice(embedding_ss, None, "input") == int(np.argmin(embedding_ss))

@@ -357,6 +357,16 @@ class TrainConfig:
     # cluster (N2D's manifold step; worth it on images, minutes more on rank 0 at 70,000 images)
     dec_init: Literal["kmeans", "umap"] = "kmeans"  # images
     customer_dec_init: Literal["kmeans", "umap"] = "kmeans"
+    # with kmeans: which of the kmeans_n_init restarts on the embeddings starts DEC. embedding =
+    # K-means' own choice, the smallest within-cluster sum of squares in the embedding; input =
+    # the one whose partition is the most compact in the input vectors. The customer vector is
+    # built for Euclidean distance (standardized, blocks weighted); there the embedding made a
+    # wrong partition and the right one near equals (sums of squares 265.0 and 265.9; 420 and 385
+    # in the vectors) and K-means' pick was a coin flip (cluster_acc 0.64 vs 1.0 on generated
+    # data; docs/training-quality.md). Pixel distances are what the image model is meant to
+    # improve on, so images keep K-means' own choice
+    dec_init_choice: Literal["embedding", "input"] = "embedding"  # images
+    customer_dec_init_choice: Literal["embedding", "input"] = "input"
     # the first DEC epochs train toward the starting partition itself (0.9 on each row's cluster)
     # before the sharpened target takes over: with umap, the manifold's partition is not the
     # embedding's nearest-centre partition, and self-training from the latter loses the

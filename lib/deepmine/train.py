@@ -138,6 +138,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
             augment_shift=0 if customers else t.augment_shift,
             contrastive_weight=0.0 if customers else t.contrastive_weight,
             dec_init=t.customer_dec_init if customers else t.dec_init,
+            dec_init_choice=t.customer_dec_init_choice if customers else t.dec_init_choice,
             dec_warm_epochs=t.customer_dec_warm_epochs if customers else t.dec_warm_epochs,
             dec_max_epochs=t.customer_dec_max_epochs if customers else t.dec_max_epochs,
             dec_variant=t.dec_variant, dec_gamma=t.dec_gamma, dec_tolerance=t.dec_tolerance,
@@ -368,6 +369,8 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
             history=history)
         if args.task == "dec":
             metrics["pretrain_epochs_run"] = summary.get("pretrain_epochs_run")
+            if summary.get("init_choice"):  # what each K-means restart scored, which one started DEC
+                metrics["dec_init_restarts"] = summary["init_choice"]
         else:
             metrics.pop("pretrain_stop_reason")
         files = {"weights.pt": weights, "spec.json": json.dumps(args.spec, indent=1).encode(),

@@ -14,7 +14,13 @@ Tasks:
   dec   deep clustering: up to `pretrain_epochs` of reconstruction; then cluster centres from the
         embeddings of every row (gathered on rank 0): K-means on them (`dec_init` kmeans), or
         a Gaussian mixture on their UMAP manifold with each centre the mean embedding of its
-        cluster (`dec_init` umap, the manifold step of N2D, McConville et al. 2020); then
+        cluster (`dec_init` umap, the manifold step of N2D, McConville et al. 2020). With
+        `dec_init_choice` input, K-means' `kmeans_n_init` restarts are kept apart and the one
+        whose partition has the smallest within-cluster sum of squares of the *input* vectors
+        starts DEC (summed across ranks), instead of the smallest in the embedding (K-means' own
+        choice, `embedding`): an embedding can make a wrong partition and the right one near
+        equals (customers, issue 13: 265.0 against 265.9 in the embedding, 420 against 385 in
+        the input vectors; accuracy 0.62 against 0.97), and which one won was a coin flip; then
         `dec_warm_epochs` epochs whose target is that starting partition itself (0.9 on its
         cluster: a partition found on the manifold is not the nearest-centre partition of the
         embedding space, and these epochs teach it to the encoder and the centres); then DEC/IDEC
@@ -102,6 +108,9 @@ class TrainArgs:
     augment_shift: int = 0  # dec on images: random shift of up to this many pixels per input
     contrastive_weight: float = 0.0  # dec on images: NT-Xent of two views beside reconstruction
     dec_init: str = "kmeans"  # dec: centres from "kmeans" on the embeddings or "umap" (N2D)
+    # dec, kmeans: the restart kept: smallest within-cluster sum of squares in the "embedding"
+    # (K-means' own choice) or of the "input" vectors
+    dec_init_choice: str = "embedding"
     dec_warm_epochs: int = 0  # dec: first DEC epochs whose target is the starting partition
     dec_max_epochs: int = 4
     batch_size: int = 128
@@ -678,6 +687,69 @@ def initial_partition(embeddings: np.ndarray, n_clusters: int, how: str, n_init:
     return centers, labels
 
 
+def kmeans_restarts(embeddings: np.ndarray, n_clusters: int, n_init: int, seed: int
+                    ) -> list[tuple[np.ndarray, np.ndarray, float]]:
+    """`n_init` K-means fits of the embeddings, each from its own k-means++ start (their seeds
+    drawn from `seed`), kept apart: (centres, cluster of every row, within-cluster sum of squares
+    in the embedding) of each."""
+    from sklearn.cluster import KMeans
+    embeddings = embeddings.astype(np.float64)
+    out = []
+    for start in np.random.RandomState(seed).randint(0, 2 ** 31 - 1, size=max(n_init, 1)):
+        km = KMeans(n_clusters=n_clusters, n_init=1, random_state=int(start)).fit(embeddings)
+        out.append((km.cluster_centers_, km.labels_, float(km.inertia_)))
+    return out
+
+
+def within_cluster_sums(x: torch.Tensor, partitions: torch.Tensor, n_clusters: int
+                        ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """What the within-cluster sums of squares of rows `x` under each of `partitions` (one row
+    per partition: the cluster of each row of x) are made of, addable across ranks and batches:
+    the sum of each cluster's rows (partitions x clusters x dim), their counts (partitions x
+    clusters) and the rows' total squared norm."""
+    x = x.double().cpu()
+    partitions = partitions.long().cpu()
+    sums = torch.zeros((partitions.shape[0], n_clusters, x.shape[1]), dtype=torch.float64)
+    counts = torch.zeros((partitions.shape[0], n_clusters), dtype=torch.float64)
+    for i, labels in enumerate(partitions):
+        sums[i].index_add_(0, labels, x)
+        counts[i] += torch.bincount(labels, minlength=n_clusters).double()
+    return sums, counts, float(x.pow(2).sum())
+
+
+def within_cluster_ss(sums: torch.Tensor, counts: torch.Tensor, squares: float) -> np.ndarray:
+    """Within-cluster sum of squares of each partition: sum |x|^2 - sum_j |S_j|^2 / n_j."""
+    between = (sums.pow(2).sum(2) / counts.clamp_min(1.0)).sum(1)
+    return (squares - between).numpy()
+
+
+def restart_choice(embedding_ss: list[float], input_ss: np.ndarray | None, choice: str) -> int:
+    """The restart that starts DEC: the smallest within-cluster sum of squares in the embedding
+    (`embedding`), or of the input vectors (`input`; ties: the embedding's)."""
+    if choice == "embedding" or input_ss is None:
+        return int(np.argmin(embedding_ss))
+    if choice != "input":
+        raise ValueError(f"dec_init_choice {choice!r}: expected embedding or input")
+    return int(np.lexsort((np.asarray(embedding_ss), np.asarray(input_ss)))[0])
+
+
+@torch.no_grad()
+def _input_within_ss(args, r, partitions: torch.Tensor, n_clusters: int) -> np.ndarray:
+    """Within-cluster sum of squares of the input vectors of every row under each partition
+    (rows of `partitions`, indexed by row_id), summed across ranks: the same on every rank."""
+    dim = args.spec.get("in_dim") or args.spec["height"] * args.spec["width"]
+    sums = torch.zeros((partitions.shape[0], n_clusters, dim), dtype=torch.float64)
+    counts = torch.zeros((partitions.shape[0], n_clusters), dtype=torch.float64)
+    squares = 0.0
+    for batch in _batches(args, args.train_urls, r, 0, ["row_id", "features"], shuffle=False,
+                          shuffle_rows=False):
+        s, c, q = within_cluster_sums(batch["features"], partitions[:, batch["row_id"].long()],
+                                      n_clusters)
+        sums, counts, squares = sums + s, counts + c, squares + q
+    return within_cluster_ss(r.sum(sums, "restart_sums"), r.sum(counts, "restart_counts"),
+                             float(r.sum([squares], "restart_squares")[0]))
+
+
 def umap_manifold(embeddings: np.ndarray, n_components: int, seed: int) -> np.ndarray:
     """N2D's local manifold of the embeddings: UMAP to n_components, UMAP_NEIGHBORS, min_dist 0."""
     import umap
@@ -707,28 +779,54 @@ def warm_target(partition: torch.Tensor, n_clusters: int) -> torch.Tensor:
     return target
 
 
-def _init_centers(args, r, model, device) -> tuple[torch.Tensor, float]:
+def _init_centers(args, r, model, device) -> tuple[torch.Tensor, float, dict | None]:
     """Centres and starting partition from the embeddings of every row (`initial_partition`, on
-    rank 0), broadcast; returns the partition (row_id -> cluster) and the embeddings' spread
-    (`embedding_spread`, the same on every rank)."""
+    rank 0; with `dec_init_choice` input, the K-means restart whose partition is the most compact
+    in the input vectors), broadcast; returns the partition (row_id -> cluster), the embeddings'
+    spread (`embedding_spread`, the same on every rank) and, for a choice among restarts, what
+    each restart scored (rank 0; None otherwise)."""
     import horovod.torch as hvd
     ids, z, _ = _soft_assignments(args, r, model, device, 0, shuffle=False)
     embeddings = _gather_by_row(r, hvd, ids, z, args.n_rows, "kmeans_init")
     spread = embedding_spread(embeddings)
     centers = torch.zeros_like(model.centers.data.cpu())
     partition = torch.zeros(args.n_rows, dtype=torch.int64)
-    if r.rank == 0:
-        t0 = time.perf_counter()
-        found, labels = initial_partition(embeddings.numpy(), centers.shape[0], args.dec_init,
+    n_clusters, choice = centers.shape[0], None
+    t0 = time.perf_counter()
+    if args.dec_init == "kmeans" and args.dec_init_choice == "input":
+        n_init = max(args.kmeans_n_init, 1)
+        restarts, partitions = [], torch.zeros((n_init, args.n_rows), dtype=torch.int64)
+        if r.rank == 0:
+            restarts = kmeans_restarts(embeddings.numpy(), n_clusters, n_init, args.seed)
+            partitions = torch.as_tensor(np.stack([labels for _, labels, _ in restarts]),
+                                         dtype=torch.int64)
+        partitions = hvd.broadcast(partitions, root_rank=0, name="kmeans_restarts")
+        input_ss = _input_within_ss(args, r, partitions, n_clusters)
+        if r.rank == 0:
+            embedding_ss = [inertia for _, _, inertia in restarts]
+            best = restart_choice(embedding_ss, input_ss, "input")
+            kmeans_pick = restart_choice(embedding_ss, None, "embedding")
+            centers = torch.as_tensor(restarts[best][0], dtype=centers.dtype)
+            partition = partitions[best].clone()
+            choice = {"choice": "input", "chosen": best, "embedding_choice": kmeans_pick,
+                      "embedding_ss": [round(v, 4) for v in embedding_ss],
+                      "input_ss": [round(float(v), 4) for v in input_ss]}
+            r.log(f"{args.log_prefix} {n_init} K-means restarts on the embeddings: restart "
+                  f"{best + 1} kept (input sum of squares {input_ss[best]:.1f}, embedding "
+                  f"{embedding_ss[best]:.2f}); the embedding's own pick, restart "
+                  f"{kmeans_pick + 1}: {input_ss[kmeans_pick]:.1f}, "
+                  f"{embedding_ss[kmeans_pick]:.2f}")
+    elif r.rank == 0:
+        found, labels = initial_partition(embeddings.numpy(), n_clusters, args.dec_init,
                                           args.kmeans_n_init, args.seed)
         centers = torch.as_tensor(found, dtype=centers.dtype)
         partition = torch.as_tensor(labels, dtype=torch.int64)
-        r.log(f"{args.log_prefix} centres from {args.dec_init} on {len(embeddings)} embeddings "
-              f"in {time.perf_counter() - t0:.1f}s")
+    r.log(f"{args.log_prefix} centres from {args.dec_init} on {len(embeddings)} embeddings "
+          f"in {time.perf_counter() - t0:.1f}s")
     centers = hvd.broadcast(centers, root_rank=0, name="kmeans_centers")
     partition = hvd.broadcast(partition, root_rank=0, name="initial_partition")
     model.centers.data.copy_(centers.to(model.centers.device))
-    return partition, spread
+    return partition, spread, choice
 
 
 def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> dict[str, Any]:
@@ -750,6 +848,7 @@ def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> 
     elapsed = float(s.get("elapsed", 0.0))
     trivial = float(s.get("trivial_loss", 0.0))
     spread = s.get("embedding_spread")
+    init_choice = s.get("init_choice")
     failure, stop_reason = s.get("failure"), None
     idec = args.dec_variant == "idec"
     n_clusters = args.spec["n_clusters"]
@@ -792,7 +891,7 @@ def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> 
         t0 = time.perf_counter()
         if not pretrain:
             if init_assign is None:
-                init_assign, spread = _init_centers(args, r, model, device)
+                init_assign, spread, init_choice = _init_centers(args, r, model, device)
                 assign = init_assign.clone()
                 if spread < EMBEDDING_SPREAD_MIN:
                     failure = "embedding_collapsed"
@@ -911,7 +1010,8 @@ def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> 
     summary = _summary(ctx, history, best_epoch=stop.best_epoch, stop_reason=stop_reason or failure,
                        pretrain_stop_reason=pretrain_stop, pretrain_epochs_run=pretrain_end,
                        best_val_loss=stop.best_loss, trivial_val_loss=trivial,
-                       embedding_spread=spread, failure=failure, seconds=round(elapsed, 3))
+                       embedding_spread=spread, init_choice=init_choice, failure=failure,
+                       seconds=round(elapsed, 3))
     r.log(f"{args.log_prefix} stopped ({summary['stop_reason']}) after {len(history)} epochs")
     _save(args, r, store, history[-1]["epoch"] if history else 0, model, optimizer,
           {"history": history, "assign": assign, "init_assign": init_assign,
@@ -929,7 +1029,8 @@ def _save_dec(args, r, store, epoch, model, optimizer, v: dict) -> None:
            "pretrain_stop_reason": v["pretrain_stop"], "early_stop": v["stop"].state(),
            "best_model": v["best_model"], "elapsed": v["elapsed"],
            "trivial_loss": v["trivial"], "embedding_spread": v["spread"],
-           "attempt": v["ctx"]["attempt"], "attempts": v["ctx"]["attempts"]})
+           "init_choice": v["init_choice"], "attempt": v["ctx"]["attempt"],
+           "attempts": v["ctx"]["attempts"]})
 
 
 def main(argv: list[str] | None = None) -> int:
