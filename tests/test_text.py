@@ -158,7 +158,17 @@ def test_text_model_learns_the_planted_sentiment(spark, tmp_path, make_config, m
     ids = sorted(planted)
     rho = spearmanr([predicted[i] for i in ids], [planted[i] for i in ids]).statistic
     assert rho > 0.6, rho
-    if model != "textcnn":
+    if model == "textrnn":
+        # the attention examples: the real tokens' weights sum to 1 and the report shows them
+        examples = m["attention_examples"]
+        assert len(examples) == 3 and {e["label"] for e in examples} <= {0, 1}
+        for e in examples:
+            assert sum(w for _, w, _ in e["tokens"]) == pytest.approx(1.0, abs=0.01)
+            assert sum(top for _, _, top in e["tokens"]) == min(8, len(e["tokens"]))
+        from deepmine.report import report_url, run_report
+        run_report(spark, config, date)
+        page = lake.read_text(report_url(lake, date))
+        assert "Reviews and sentiment" in page and examples[0]["review_id"] in page
         return
     # the per-product summary, from the model when it ended ok: mean sentiment follows the
     # planted product quality

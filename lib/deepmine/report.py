@@ -244,6 +244,18 @@ def _stage_status(rec: dict, detail: str) -> str:
     return "<p>" + "<br>".join(lines) + "</p>"
 
 
+def _roc_curves(ax, curves: list[tuple[str, list | None]], title: str) -> None:
+    """ROC curves given as [false positive rate, true positive rate] points, with the diagonal."""
+    for label, points in curves:
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
+    ax.plot([0, 1], [0, 1], color="#aaa", lw=0.8)
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+
+
 def section_churn(ctx: "ReportContext") -> Section | None:
     rec = ctx.manifest.get("stages", {}).get("churn")
     if not rec or rec.get("status") not in ("ok", "degraded"):
@@ -262,15 +274,9 @@ def section_churn(ctx: "ReportContext") -> Section | None:
     fig, _ = _figure(9, 3.2)
     fig.clf()
     roc_ax, lift_ax = fig.subplots(1, 2)
-    for points, label in ((m.get("roc") or [], f"model (AUC {m.get('auc')})"),
-                          (m.get("baseline_roc") or [], f"recency (AUC {m.get('baseline_auc')})")):
-        if points:
-            roc_ax.plot([p[0] for p in points], [p[1] for p in points], label=label)
-    roc_ax.plot([0, 1], [0, 1], color="#aaa", lw=0.8)
-    roc_ax.set_xlabel("false positive rate")
-    roc_ax.set_ylabel("true positive rate")
-    roc_ax.set_title("ROC on the validation cutoff")
-    roc_ax.legend(fontsize=8)
+    _roc_curves(roc_ax, [(f"model (AUC {m.get('auc')})", m.get("roc")),
+                         (f"recency (AUC {m.get('baseline_auc')})", m.get("baseline_roc"))],
+                "ROC on the validation cutoff")
     lift = m.get("lift_chart") or []
     lift_ax.bar([d["decile"] for d in lift], [d["lift"] or 0 for d in lift], color="#2e86c1")
     lift_ax.axhline(1.0, color="#aaa", lw=0.8)
@@ -290,6 +296,49 @@ def section_churn(ctx: "ReportContext") -> Section | None:
                                                expected_spend=("expected_spend", "sum"))
         body += _table(bands.reset_index())
     return "Churn risk and next-period spend", body
+
+
+def section_reviews(ctx: "ReportContext") -> Section | None:
+    stages = ctx.manifest.get("stages", {})
+    recs = {m: stages.get(f"train_{m}") for m in ("textcnn", "textrnn")}
+    recs = {m: r for m, r in recs.items() if r and r.get("status") in ("ok", "degraded")}
+    summary_rec = stages.get("review_summary")
+    if not recs and not summary_rec:
+        return None
+    body = ""
+    if recs:
+        any_rec = next(iter(recs.values()))["metrics"]
+        rows = [(m, r["status"], r["metrics"].get("accuracy"), r["metrics"].get("auc"))
+                for m, r in recs.items()]
+        rows.append(("TF-IDF + logistic regression (baseline)", "", any_rec.get("baseline_accuracy"),
+                     any_rec.get("baseline_auc")))
+        rows.append(("majority class", "", any_rec.get("majority_accuracy"), 0.5))
+        body += "".join(_stage_status(r, f"{html.escape(m)}, {r['metrics'].get('epochs_run')} "
+                                      f"epochs, stopped by {html.escape(str(r['metrics'].get('stop_reason')))}")
+                        for m, r in recs.items())
+        body += _table(pd.DataFrame(rows, columns=["model", "status", "test accuracy", "test AUC"]))
+        fig, ax = _figure(5, 3.6)
+        curves = [(f"{m} (AUC {r['metrics'].get('auc')})", r["metrics"].get("roc"))
+                  for m, r in recs.items()]
+        curves.append((f"baseline (AUC {any_rec.get('baseline_auc')})", any_rec.get("baseline_roc")))
+        _roc_curves(ax, curves, "ROC on the test reviews")
+        fig.tight_layout()
+        body += _png(fig)
+        for example in (recs.get("textrnn", {}).get("metrics", {}).get("attention_examples") or []):
+            words = " ".join(f"<b>{html.escape(t)}</b>" if top else html.escape(t)
+                             for t, _, top in example["tokens"])
+            body += (f"<p>{html.escape(example['review_id'])} (label {example['label']}, "
+                     f"predicted {example['sentiment_probability']}): {words}</p>")
+    summary = ctx.table("mining/review_summary")
+    if summary is not None and not summary.empty:
+        source = (summary_rec or {}).get("metrics", {}).get("source")
+        summary = summary.assign(negative_terms=summary["negative_terms"].map(
+            lambda terms: ", ".join(terms)))
+        ranked = summary[summary["reviews"] >= 5].sort_values(["mean_sentiment", "product_id"])
+        body += f"<p>per product, from {html.escape(str(source))} (products with 5 reviews or more)</p>"
+        body += "<p>most negative</p>" + _table(ranked.head(5))
+        body += "<p>most positive</p>" + _table(ranked.tail(5).iloc[::-1])
+    return "Reviews and sentiment", body
 
 
 def section_forecast(ctx: "ReportContext") -> Section | None:
@@ -484,7 +533,7 @@ def _drift_rows(before: pd.DataFrame, now: pd.DataFrame, columns: list[str], tab
 
 SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
     section_overview, section_reconciliation, section_rfm, section_churn, section_forecast,
-    section_rules, section_recommend,
+    section_rules, section_recommend, section_reviews,
     section_training, section_cluster_samples, section_changes,
 ]
 

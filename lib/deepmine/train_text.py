@@ -73,6 +73,42 @@ def scores(score: np.ndarray, label: np.ndarray) -> dict[str, float]:
             "auc": round(float(roc_auc_score(label, score)), 6) if both else None}
 
 
+ATTENTION_EXAMPLES = 3  # test reviews shown with their most attended tokens
+ATTENDED_TOKENS = 8
+
+
+def attention_examples(model, lake: Lake, scored, partition: str) -> list[dict[str, Any]]:
+    """The most positive, the most negative and the least certain test review, each with its
+    tokens in order and their attention weights (the ATTENDED_TOKENS heaviest marked)."""
+    import json
+
+    import pyarrow.fs as pafs
+    import torch
+    fs, path = pafs.FileSystem.from_uri(
+        f"{lake.partition_url('features/reviews_vocabulary', partition)}/vocabulary.json")
+    with fs.open_input_stream(path) as f:
+        vocabulary = json.loads(f.read())
+    order = scored.sort_values(["sentiment_probability", "review_id"])
+    picks = [order.iloc[-1], order.iloc[0],
+             order.iloc[int((order["sentiment_probability"] - 0.5).abs().to_numpy().argmin())]]
+    ids = [p["review_id"] for p in picks[:ATTENTION_EXAMPLES]]
+    rows = {r["review_id"]: r["features"] for r in lake.read("features/reviews", partition)
+            .where(F.col("review_id").isin(ids)).select("review_id", "features").collect()}
+    out = []
+    for pick in picks[:ATTENTION_EXAMPLES]:
+        x = torch.tensor([rows[pick["review_id"]]], dtype=torch.float32)
+        with torch.no_grad():
+            weights = model.attention(x)[0].numpy()
+        tokens = [("<unk>" if int(i) == 1 else vocabulary[int(i) - 2])
+                  for i in rows[pick["review_id"]] if int(i) != 0]
+        top = set(np.argsort(-weights[:len(tokens)])[:ATTENDED_TOKENS].tolist())
+        out.append({"review_id": pick["review_id"], "label": int(pick["label"]),
+                    "sentiment_probability": round(float(pick["sentiment_probability"]), 4),
+                    "tokens": [[t, round(float(weights[i]), 4), i in top]
+                               for i, t in enumerate(tokens)]})
+    return out
+
+
 def text_metrics(args, final: dict, lake: Lake, published: DataFrame, config: Config,
                  partition: str) -> tuple[dict[str, Any], dict[str, bytes], list[str]]:
     """(metrics, extra files, degrade reasons) of a trained text model."""
@@ -112,6 +148,8 @@ def text_metrics(args, final: dict, lake: Lake, published: DataFrame, config: Co
     model = build(args.spec)
     model.load_state_dict(final["model"])
     model.eval()
+    if hasattr(model, "attention") and len(label):
+        metrics["attention_examples"] = attention_examples(model, lake, joined, partition)
     example = torch.tensor([list(range(2, 2 + args.spec["max_tokens"]))] * 2, dtype=torch.float32)
     example[:, args.spec["max_tokens"] // 2:] = 0
     files = {"model.torchscript.pt": torchscript_bytes(model, example)}
