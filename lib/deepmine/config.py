@@ -242,7 +242,10 @@ class TextConfig:
     # without spaces (Chinese, Japanese); auto: chars for a review whose letters are mostly CJK
     tokenizer: Literal["auto", "words", "chars"] = "auto"
     char_ngrams: int = 2
-    stop_words: Literal["english", "none"] = "english"  # Spark ML's English list; none keeps all
+    # removed from the models' and the baseline's tokens: none (default; stop words carry
+    # sentiment) or english (Spark ML's list less its negations); the summary's terms always
+    # leave that list out
+    stop_words: Literal["english", "none"] = "none"
     vocab_size: int = 20000  # most frequent tokens kept (Spark ML CountVectorizer)
     min_count: int = 2  # reviews a token must appear in to enter the vocabulary
     max_tokens: int = 200  # token ids per review: longer cut, shorter padded with 0
