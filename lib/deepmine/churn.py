@@ -35,10 +35,11 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.ml.regression import LinearRegression, RandomForestRegressor
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from deepmine.config import ChurnConfig, Config, ConfigError
 from deepmine.lake import Lake, StageRun
+from deepmine.metrics import roc_points
 from deepmine.rfm import end_of_day, rfm_scores, rfm_values
 
 FEATURES = (
@@ -226,13 +227,6 @@ def ranking_metrics(score: np.ndarray, churned: np.ndarray) -> dict[str, float]:
     return {"auc": round(float(roc_auc_score(churned, score)), 4),
             "pr_auc": round(float(average_precision_score(churned, score)), 4),
             "lift_at_10pct": round(float(lift), 3)}
-
-
-def roc_points(score: np.ndarray, churned: np.ndarray, points: int = 50) -> list:
-    """The ROC curve at `points` false positive rates, for the report."""
-    fpr, tpr, _ = roc_curve(churned, score)
-    grid = np.linspace(0.0, 1.0, points + 1)
-    return [[round(float(x), 4), round(float(y), 4)] for x, y in zip(grid, np.interp(grid, fpr, tpr))]
 
 
 def lift_chart(score: np.ndarray, churned: np.ndarray, bins: int = 10) -> list:

@@ -36,6 +36,15 @@ def kmeans_baseline(features: np.ndarray, labels, n_clusters: int, seed: int,
     return clustering_scores(labels, clusters)
 
 
+def roc_points(score: np.ndarray, positive: np.ndarray, points: int = 50) -> list:
+    """The ROC curve of `score` against the 0/1 `positive` at `points` + 1 evenly spaced false
+    positive rates, as [fpr, tpr] pairs for the report."""
+    from sklearn.metrics import roc_curve
+    fpr, tpr, _ = roc_curve(positive, score)
+    grid = np.linspace(0.0, 1.0, points + 1)
+    return [[round(float(x), 4), round(float(y), 4)] for x, y in zip(grid, np.interp(grid, fpr, tpr))]
+
+
 def confusion_matrix(labels, predicted, n_classes: int) -> list[list[int]]:
     """Rows: true label, columns: predicted label."""
     table = np.zeros((n_classes, n_classes), dtype=np.int64)

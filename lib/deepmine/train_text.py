@@ -24,9 +24,9 @@ from pyspark.sql import functions as F
 
 from deepmine.config import Config
 from deepmine.lake import Lake
+from deepmine.metrics import roc_points
 
 BASELINE = "predictions/review_baseline"
-ROC_POINTS = 50
 
 
 def text_spec(config: Config, name: str, run_date: str) -> dict[str, Any]:
@@ -57,13 +57,6 @@ def baseline_predictions(lake: Lake, config: Config, partition: str) -> DataFram
         predicted, _ = tfidf_baseline(prepare(reviews, config.text), config.text)
         lake.publish(predicted, BASELINE, partition)
     return lake.read(BASELINE, partition)
-
-
-def roc_points(score: np.ndarray, label: np.ndarray, points: int = ROC_POINTS) -> list:
-    from sklearn.metrics import roc_curve
-    fpr, tpr, _ = roc_curve(label, score)
-    keep = np.unique(np.linspace(0, len(fpr) - 1, min(points, len(fpr))).astype(int))
-    return [[round(float(fpr[i]), 4), round(float(tpr[i]), 4)] for i in keep]
 
 
 def scores(score: np.ndarray, label: np.ndarray) -> dict[str, float]:
