@@ -221,15 +221,20 @@ def _raw_images_frame(spark: SparkSession, pixels: np.ndarray, labels: np.ndarra
     return spark.createDataFrame(pdf, schema)
 
 
+def latest_versions(history: DataFrame, key: str) -> DataFrame:
+    """Clean rows of every dt up to D -> the latest version of each `key` (the newest dt, then
+    the last source file), without the dt column."""
+    latest = Window.partitionBy(key).orderBy(F.col("dt").desc(), F.col("source_file").desc())
+    return history.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n", "dt")
+
+
 def image_source(spark: SparkSession, lake: Lake, config: Config, run_date: str
                  ) -> tuple[DataFrame, str]:
     """(image_id, label, pixels binary, split) for the run, and which source it came from."""
     source = config.features.image_source
     if source == "auto" and lake.exists(lake.url("clean/images")):
-        history = lake.read_history("clean/images", run_date)
-        latest = Window.partitionBy("image_id").orderBy(F.col("dt").desc(), F.col("source_file").desc())
-        clean = (history.withColumn("_n", F.row_number().over(latest)).where("_n = 1")
-                 .select("image_id", "label", "pixels", "split"))
+        clean = latest_versions(lake.read_history("clean/images", run_date), "image_id") \
+            .select("image_id", "label", "pixels", "split")
         if not clean.isEmpty():
             return clean, "clean/images"
     from deepmine import samples
@@ -387,10 +392,10 @@ def _publish_review_features(lake: Lake, config: Config, run_date: str,
     import io
     import json
 
-    from deepmine.text import latest_reviews, review_features
+    from deepmine.text import review_features
     partition = f"run_date={run_date}"
     cfg = config.features
-    reviews = latest_reviews(lake.read_history("clean/reviews", run_date))
+    reviews = latest_versions(lake.read_history("clean/reviews", run_date), "review_id")
     features, vocab, matrix, summary = review_features(reviews, config.text)
     try:
         with with_row_ids(features.withColumn("_test", F.col("split") == "test"), "review_id",

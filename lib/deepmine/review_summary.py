@@ -12,7 +12,8 @@ from pyspark.sql import functions as F
 
 from deepmine.config import Config
 from deepmine.lake import Lake, StageRun
-from deepmine.text import latest_reviews, prepare, review_summary
+from deepmine.features import latest_versions
+from deepmine.text import prepare, review_summary
 from deepmine.train_text import BASELINE, baseline_predictions
 
 TEXT_STAGES = ("train_textcnn", "train_textrnn")
@@ -38,8 +39,8 @@ def run_review_summary(spark: SparkSession, config: Config, run_date: str) -> di
         if source == BASELINE:
             run.warn("no text model ended ok tonight: the summary uses the TF-IDF baseline's "
                      "predictions")
-        reviews = prepare(latest_reviews(lake.read_history("clean/reviews", run_date)),
-                          config.text)
+        reviews = prepare(latest_versions(lake.read_history("clean/reviews", run_date),
+                                          "review_id"), config.text)
         scored = reviews.join(predicted, "review_id").select("product_id", "tokens",
                                                              "sentiment_probability")
         rows = lake.publish(review_summary(scored, config.text.summary_terms),

@@ -282,14 +282,6 @@ def review_summary(scored: DataFrame, terms: int) -> DataFrame:
 
 # =============================================================== features for the deep models
 
-def latest_reviews(history: DataFrame) -> DataFrame:
-    """Clean reviews of every dt up to D -> the latest version of each review_id."""
-    from pyspark.sql import Window
-    latest = Window.partitionBy("review_id").orderBy(F.col("dt").desc(),
-                                                     F.col("source_file").desc())
-    return history.withColumn("_n", F.row_number().over(latest)).where("_n = 1").drop("_n", "dt")
-
-
 def review_features(reviews: DataFrame, cfg: TextConfig
                     ) -> tuple[DataFrame, Vocabulary, np.ndarray, dict[str, Any]]:
     """Clean reviews -> (review_id, label, split, features: the token ids as floats, the flat

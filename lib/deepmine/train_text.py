@@ -51,9 +51,10 @@ def text_spec(config: Config, name: str, run_date: str) -> dict[str, Any]:
 def baseline_predictions(lake: Lake, config: Config, partition: str) -> DataFrame:
     """predictions/review_baseline for the run date: made (and published) on first use."""
     if not lake.has_partition(BASELINE, partition):
-        from deepmine.text import latest_reviews, prepare, tfidf_baseline
+        from deepmine.features import latest_versions
+        from deepmine.text import prepare, tfidf_baseline
         run_date = partition.split("=", 1)[1]
-        reviews = latest_reviews(lake.read_history("clean/reviews", run_date))
+        reviews = latest_versions(lake.read_history("clean/reviews", run_date), "review_id")
         predicted, _ = tfidf_baseline(prepare(reviews, config.text), config.text)
         lake.publish(predicted, BASELINE, partition)
     return lake.read(BASELINE, partition)
