@@ -91,10 +91,15 @@ def tokenize(text: Column, cfg: TextConfig, stop_words: list[str] = ()) -> Colum
     else:
         tokens = F.flatten(F.transform(runs, lambda r: F.when(
             r.rlike(f"^[{CJK}]"), _char_ngrams(r, cfg.char_ngrams)).otherwise(F.array(r))))
-    if stop_words:
-        stop = F.array(*[F.lit(w) for w in sorted(stop_words)])
-        tokens = F.filter(tokens, lambda t: ~F.array_contains(stop, t))
-    return tokens
+    return without(tokens, stop_words)
+
+
+def without(tokens: Column, words: list[str]) -> Column:
+    """`tokens` (array<string>) less every token in `words`, order kept."""
+    if not words:
+        return tokens
+    drop = F.array(*[F.lit(w) for w in sorted(words)])
+    return F.filter(tokens, lambda t: ~F.array_contains(drop, t))
 
 
 def stop_words(spark: SparkSession, cfg: TextConfig | None = None) -> list[str]:
@@ -206,20 +211,21 @@ def tfidf_baseline(prepared: DataFrame, cfg: TextConfig) -> tuple[DataFrame, dic
     positive = F.col("probability")
     scores: dict[str, float] = {}
     valid_truth = valid_part.select("review_id", "_y").toPandas()
+
+    def fit(data: DataFrame, reg: float):
+        return Pipeline(stages=[*stages, LogisticRegression(
+            featuresCol="_tfidf", labelCol="_y", regParam=reg, maxIter=100,
+            standardization=False)]).fit(data)
     if valid_truth["_y"].nunique() == 2:
         for reg in BASELINE_REG_PARAMS:
-            model = Pipeline(stages=[*stages, LogisticRegression(
-                featuresCol="_tfidf", labelCol="_y", regParam=reg, maxIter=100,
-                standardization=False)]).fit(fit_part)
+            model = fit(fit_part, reg)
             got = (model.transform(valid_part)
                    .select("review_id", vector_to_array(positive)[1].alias("p")).toPandas())
             merged = valid_truth.merge(got, on="review_id")
             scores[str(reg)] = round(float(roc_auc_score(merged["_y"], merged["p"])), 6)
     chosen = max(BASELINE_REG_PARAMS, key=lambda r: (scores.get(str(r), 0.0), r)) \
         if scores else BASELINE_REG_PARAMS[2]
-    model = Pipeline(stages=[*stages, LogisticRegression(
-        featuresCol="_tfidf", labelCol="_y", regParam=chosen, maxIter=100,
-        standardization=False)]).fit(labelled)
+    model = fit(labelled, chosen)
     predicted = model.transform(prepared).select(
         "review_id", vector_to_array(positive)[1].alias("sentiment_probability"))
     return predicted, {"reg_param": chosen, "validation_auc": scores,
@@ -269,10 +275,9 @@ def review_summary(scored: DataFrame, terms: int) -> DataFrame:
         F.count("*").alias("reviews"),
         F.avg("sentiment_probability").alias("mean_sentiment"),
         F.avg(negative.cast("double")).alias("share_negative"))
-    stops = F.array(*[F.lit(w) for w in sorted(stop_words(scored.sparkSession))])
-    occurrences = (scored.select("product_id", negative.alias("negative"),
-                                 F.explode("tokens").alias("token"))
-                   .where(~F.array_contains(stops, F.col("token"))))
+    occurrences = scored.select(
+        "product_id", negative.alias("negative"),
+        F.explode(without(F.col("tokens"), stop_words(scored.sparkSession))).alias("token"))
     found = distinguishing_terms(occurrences, terms)
     return (per_product.join(found, "product_id", "left")
             .select("product_id", F.col("reviews").cast("long"), "mean_sentiment",
