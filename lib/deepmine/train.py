@@ -51,12 +51,17 @@ IMAGE_DENSE_HIDDEN = (500, 500, 2000)  # DEC's and N2D's layout (train.image_aut
 PROJECTION_DIM = 64  # the contrastive projection head's output (train.contrastive_weight)
 
 
+def own_target(model: str, target: str | None) -> str:
+    """`target`, or when None the model's own: reviews for the text models, else images."""
+    return target or ("reviews" if model in TEXT_MODELS else "images")
+
+
 def model_name(model: str, target: str | None) -> str:
     """The model's name in the lake (`models/<name>`, `predictions/<name>`); `target` None is
     the model's own (images for the CNN and the autoencoder, reviews for the text models)."""
     if model not in MODELS:
         raise ConfigError(f"--model: expected one of {list(MODELS)}, found {model!r}")
-    target = target or ("reviews" if model in TEXT_MODELS else "images")
+    target = own_target(model, target)
     if target not in TARGETS:
         raise ConfigError(f"--target: expected one of {list(TARGETS)}, found {target!r}")
     if model in TEXT_MODELS:
@@ -309,7 +314,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
     """Train `model` on the `target` feature table for `run_date`; publish the model, the
     predictions and the metrics."""
     name = model_name(model, target)
-    target = target or ("reviews" if model in TEXT_MODELS else "images")
+    target = own_target(model, target)
     lake = Lake(spark, config.lake.root)
     partition = f"run_date={run_date}"
     table = f"features/{target}"
