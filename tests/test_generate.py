@@ -348,7 +348,19 @@ def test_quantities_follow_the_planted_demand(main_run):
     assert len(demand["categories"]) == 10 and demand["start_date"] == truth["start_date"]
     for c in demand["categories"]:
         assert len(c["weekday_profile"]) == 7 and abs(np.mean(c["weekday_profile"]) - 1) < 1e-3
-        assert 1 <= c["yearly_peak_day"] <= 365 and 0 < c["yearly_amplitude"] < 1
+        # planted_demand_factor against the documented formula, its calendar computed here by
+        # pandas: with growth and the weekday (pandas' Monday = 0) divided out, the yearly cycle
+        # peaks on yearly_peak_day at 1 + amplitude and bottoms half a year later at 1 - amplitude
+        days = pd.date_range("2026-01-01", "2026-12-31", freq="D")
+        since = (days - pd.Timestamp(demand["start_date"])).days.to_numpy()
+        cycle = (gen.planted_demand_factor(demand, c["category_id"], days.to_numpy())
+                 / np.exp(c["growth_per_year"] * since / 365.25)
+                 / np.asarray(c["weekday_profile"])[days.weekday])
+        assert abs(int(days.dayofyear[np.argmax(cycle)]) - c["yearly_peak_day"]) <= 1
+        assert cycle.max() == pytest.approx(1 + c["yearly_amplitude"], rel=1e-3)
+        assert cycle.min() == pytest.approx(1 - c["yearly_amplitude"], rel=1e-3)
+    # each category its own cycle, not one draw shared
+    assert len({c["yearly_peak_day"] for c in demand["categories"]}) >= 8
     buys = df[df["quantity"] > 0]
     products = pd.read_csv(out / "products.csv", dtype={"product_id": str})
     groups = pd.read_csv(out / "customers_truth.csv", index_col="customer_id")["group"]
