@@ -392,7 +392,7 @@ def _publish_review_features(lake: Lake, config: Config, run_date: str,
     import io
     import json
 
-    from deepmine.text import review_features
+    from deepmine.text import VOCABULARY, review_features
     partition = f"run_date={run_date}"
     cfg = config.features
     reviews = latest_versions(lake.read_history("clean/reviews", run_date), "review_id")
@@ -407,7 +407,7 @@ def _publish_review_features(lake: Lake, config: Config, run_date: str,
         features.unpersist()
     buffer = io.BytesIO()
     np.save(buffer, matrix)
-    lake.publish_files("features/reviews_vocabulary", partition, {
+    lake.publish_files(VOCABULARY, partition, {
         "embeddings.npy": buffer.getvalue(),
         "vocabulary.json": json.dumps(vocab.tokens, ensure_ascii=False).encode()})
     metrics["reviews"] = {**summary, **{k: v for k, v in layout.items() if k != "rows"}}

@@ -287,6 +287,25 @@ def review_summary(scored: DataFrame, terms: int) -> DataFrame:
 
 # =============================================================== features for the deep models
 
+VOCABULARY = "features/reviews_vocabulary"
+
+
+def vocabulary_url(lake_root: str, run_date: str) -> str:
+    """Where the features stage put the run date's embeddings.npy and vocabulary.json."""
+    from deepmine.lake import resolve_url
+    return f"{resolve_url(lake_root).rstrip('/')}/{VOCABULARY}/run_date={run_date}"
+
+
+def read_vocabulary(url: str) -> list[str]:
+    """vocabulary.json under `url`: the token whose id is i + 2 at index i."""
+    import json
+
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(f"{url}/vocabulary.json")
+    with fs.open_input_stream(path) as f:
+        return json.loads(f.read())
+
+
 def review_features(reviews: DataFrame, cfg: TextConfig
                     ) -> tuple[DataFrame, Vocabulary, np.ndarray, dict[str, Any]]:
     """Clean reviews -> (review_id, label, split, features: the token ids as floats, the flat

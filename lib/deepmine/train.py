@@ -342,8 +342,8 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         summary = final.get("summary", {})
         if name in TEXT_MODELS:
             from deepmine.train_text import text_metrics
-            metrics, extra_files, reasons = text_metrics(args, final, lake, published, config,
-                                                         partition)
+            metrics, extra_files, reasons = text_metrics(args, final, features, published, config,
+                                                         lake, partition)
         elif name == "cnn":
             metrics, extra_files, reasons = _cnn_metrics(args, final, features, published, config)
         else:

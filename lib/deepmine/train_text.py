@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from deepmine.config import Config
 from deepmine.lake import Lake
 from deepmine.metrics import roc_points
+from deepmine.text import VOCABULARY, read_vocabulary, vocabulary_url
 
 BASELINE = "predictions/review_baseline"
 
@@ -32,16 +33,8 @@ BASELINE = "predictions/review_baseline"
 def text_spec(config: Config, name: str, run_date: str) -> dict[str, Any]:
     """The model's spec; the vocabulary size and the embeddings' URL come from the features
     stage's files for the run date."""
-    import json
-
-    import pyarrow.fs as pafs
-    from deepmine.lake import resolve_url
-    vocabulary = (f"{resolve_url(config.lake.root).rstrip('/')}/features/reviews_vocabulary/"
-                  f"run_date={run_date}")
-    fs, path = pafs.FileSystem.from_uri(f"{vocabulary}/vocabulary.json")
-    with fs.open_input_stream(path) as f:
-        tokens = json.loads(f.read())
-    return {"kind": name, "vocab_size": len(tokens) + 2,
+    vocabulary = vocabulary_url(config.lake.root, run_date)
+    return {"kind": name, "vocab_size": len(read_vocabulary(vocabulary)) + 2,
             "embedding_dim": config.text.embedding_dim, "n_classes": 2,
             "max_tokens": config.text.max_tokens,
             "freeze_embeddings": config.text.embeddings == "static",
@@ -71,22 +64,17 @@ ATTENTION_EXAMPLES = 3  # test reviews shown with their most attended tokens
 ATTENDED_TOKENS = 8
 
 
-def attention_examples(model, lake: Lake, scored, partition: str) -> list[dict[str, Any]]:
+def attention_examples(model, lake: Lake, features: DataFrame, scored, partition: str
+                       ) -> list[dict[str, Any]]:
     """The most positive, the most negative and the least certain test review, each with its
     tokens in order and their attention weights (the ATTENDED_TOKENS heaviest marked)."""
-    import json
-
-    import pyarrow.fs as pafs
     import torch
-    fs, path = pafs.FileSystem.from_uri(
-        f"{lake.partition_url('features/reviews_vocabulary', partition)}/vocabulary.json")
-    with fs.open_input_stream(path) as f:
-        vocabulary = json.loads(f.read())
+    vocabulary = read_vocabulary(lake.partition_url(VOCABULARY, partition))
     order = scored.sort_values(["sentiment_probability", "review_id"])
     picks = [order.iloc[-1], order.iloc[0],
              order.iloc[int((order["sentiment_probability"] - 0.5).abs().to_numpy().argmin())]]
     ids = [p["review_id"] for p in picks[:ATTENTION_EXAMPLES]]
-    rows = {r["review_id"]: r["features"] for r in lake.read("features/reviews", partition)
+    rows = {r["review_id"]: r["features"] for r in features
             .where(F.col("review_id").isin(ids)).select("review_id", "features").collect()}
     out = []
     for pick in picks[:ATTENTION_EXAMPLES]:
@@ -103,14 +91,14 @@ def attention_examples(model, lake: Lake, scored, partition: str) -> list[dict[s
     return out
 
 
-def text_metrics(args, final: dict, lake: Lake, published: DataFrame, config: Config,
-                 partition: str) -> tuple[dict[str, Any], dict[str, bytes], list[str]]:
-    """(metrics, extra files, degrade reasons) of a trained text model."""
+def text_metrics(args, final: dict, features: DataFrame, published: DataFrame, config: Config,
+                 lake: Lake, partition: str) -> tuple[dict[str, Any], dict[str, bytes], list[str]]:
+    """(metrics, extra files, degrade reasons) of a trained text model; `features` is the run
+    date's features/reviews."""
     import torch
     from deepmine.export import quantize_int8, torchscript_bytes
     from deepmine.models import build
 
-    features = lake.read("features/reviews", partition)
     test = features.where((F.col("split") == "test") & (F.col("label") >= 0)) \
         .select("review_id", "label")
     baseline = baseline_predictions(lake, config, partition)
@@ -143,7 +131,8 @@ def text_metrics(args, final: dict, lake: Lake, published: DataFrame, config: Co
     model.load_state_dict(final["model"])
     model.eval()
     if hasattr(model, "attention") and len(label):
-        metrics["attention_examples"] = attention_examples(model, lake, joined, partition)
+        metrics["attention_examples"] = attention_examples(model, lake, features, joined,
+                                                           partition)
     example = torch.tensor([list(range(2, 2 + args.spec["max_tokens"]))] * 2, dtype=torch.float32)
     example[:, args.spec["max_tokens"] // 2:] = 0
     files = {"model.torchscript.pt": torchscript_bytes(model, example)}
