@@ -118,26 +118,26 @@ FEATURES_CUSTOMERS = T.StructType([
     T.StructField("features", T.ArrayType(T.FloatType()), False),
 ])
 
+def _labelled_features(id_column: str) -> T.StructType:
+    """A classifier's feature table, as the trainer reads it: an id, the dense row_id, the
+    label (-1 where none), the split, and the flat float vector."""
+    return T.StructType([
+        T.StructField(id_column, T.StringType(), False),
+        T.StructField("row_id", T.LongType(), False),
+        T.StructField("label", T.LongType(), False),
+        T.StructField("split", T.StringType(), False),
+        T.StructField("features", T.ArrayType(T.FloatType()), False),
+    ])
+
+
 # features/images/run_date=D: `features` = height*width pixel intensities / 255, row-major;
 # `label` -1 where unknown; train and test rows are in separate files (and row groups).
-FEATURES_IMAGES = T.StructType([
-    T.StructField("image_id", T.StringType(), False),
-    T.StructField("row_id", T.LongType(), False),
-    T.StructField("label", T.LongType(), False),
-    T.StructField("split", T.StringType(), False),
-    T.StructField("features", T.ArrayType(T.FloatType()), False),
-])
+FEATURES_IMAGES = _labelled_features("image_id")
 
 # features/reviews/run_date=D: `features` = the review's token ids (0 pads, 1 an unknown token,
 # the vocabulary's i-th token i + 2) as floats, text.max_tokens of them; `label` 1 positive,
 # 0 negative, -1 neither (scored, not trained on); train and test rows in separate files.
-FEATURES_REVIEWS = T.StructType([
-    T.StructField("review_id", T.StringType(), False),
-    T.StructField("row_id", T.LongType(), False),
-    T.StructField("label", T.LongType(), False),
-    T.StructField("split", T.StringType(), False),
-    T.StructField("features", T.ArrayType(T.FloatType()), False),
-])
+FEATURES_REVIEWS = _labelled_features("review_id")
 
 # predictions/textcnn and predictions/textrnn: the probability that the review is positive.
 PREDICTIONS_TEXT = T.StructType([
