@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Standalone training with horovodrun, no Spark: every rank runs deepmine.trainer.train on the
-# arguments in ARGS.json (a deepmine.trainer.TrainArgs as JSON; `deepmine train` builds them, and
+# Standalone training with horovodrun, no Spark: every rank runs deepmine.deep.trainer.train on the
+# arguments in ARGS.json (a deepmine.deep.trainer.TrainArgs as JSON; `deepmine train` builds them, and
 # `--set train.launcher=horovodrun` makes the stage itself call this same command).
 #
 #   scripts/train_horovodrun.sh ARGS.json [NUM_PROC] [HOSTS]
@@ -18,6 +18,6 @@ hosts=${3:-}
 export SPARK_LOCAL_IP=${SPARK_LOCAL_IP:-127.0.0.1}
 exec "$repo/.venv/bin/python" - "$args" "$np" "$hosts" <<'PY'
 import subprocess, sys
-from deepmine.train import horovodrun_command
+from deepmine.deep.train import horovodrun_command
 sys.exit(subprocess.call(horovodrun_command(sys.argv[1], int(sys.argv[2]), sys.argv[3])))
 PY

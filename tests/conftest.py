@@ -15,8 +15,8 @@ def session_lake(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="session")
 def spark(session_lake):
-    from deepmine.config import load_config
-    from deepmine.spark import build_session
+    from deepmine.core.config import load_config
+    from deepmine.core.spark import build_session
     config = load_config(None, [f"lake.root={session_lake}", "spark.ui_enabled=false",
                                 "spark.driver_memory=2g"])
     session = build_session(config)
@@ -27,7 +27,7 @@ def spark(session_lake):
 @pytest.fixture
 def make_config(tmp_path):
     """A config for one test: its own lake under tmp_path, plus any overrides."""
-    from deepmine.config import load_config
+    from deepmine.core.config import load_config
 
     def make(*overrides: str, path: str | None = None):
         return load_config(path, [f"lake.root={tmp_path / 'lake'}", "spark.ui_enabled=false",
@@ -53,7 +53,7 @@ def missing_sample(name: str, command: str) -> None:
 def sample_or_skip(out_dir, name: str) -> dict:
     """`deepmine samples` for one real dataset into `out_dir` (its write_samples entry), or the
     test is skipped with the command that installs the dataset's package (fails under CI=true)."""
-    from deepmine.samples import SampleUnavailable, write_samples
+    from deepmine.data.samples import SampleUnavailable, write_samples
     try:
         return write_samples(out_dir, only=[name])[name]
     except SampleUnavailable as e:
@@ -73,9 +73,9 @@ def nightly_run(spark, tmp_path_factory):
     """One nightly (ingest, mining and report; features and training have their own tests) on
     generated data, shared by the
     tests that inspect a whole run: the report, the repeat-run drill and the cluster comparison."""
-    from deepmine.config import load_config
-    from deepmine.generate import generate_transactions
-    from deepmine.lake import Lake
+    from deepmine.core.config import load_config
+    from deepmine.data.generate import generate_transactions
+    from deepmine.core.lake import Lake
     from deepmine.nightly import run_nightly
     root = tmp_path_factory.mktemp("nightly")
     generate_transactions(root / "gen", lines=2500, seed=9, dirty_rate=0.05)

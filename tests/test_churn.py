@@ -13,12 +13,12 @@ from pyspark.testing import assertDataFrameEqual
 from scipy.stats import spearmanr
 
 from conftest import sample_or_skip
-from deepmine.churn import cutoffs, customer_features, labels
-from deepmine.config import ChurnConfig
-from deepmine.generate import generate_transactions
-from deepmine.ingest import run_ingest
-from deepmine.lake import Lake
-from deepmine.report import ReportContext, section_churn
+from deepmine.mining.churn import cutoffs, customer_features, labels
+from deepmine.core.config import ChurnConfig
+from deepmine.data.generate import generate_transactions
+from deepmine.data.ingest import run_ingest
+from deepmine.core.lake import Lake
+from deepmine.ops.report import ReportContext, section_churn
 
 FAST = ["churn.classifiers=[logistic]", "churn.regressors=[linear]", "churn.selector=none"]
 
@@ -78,7 +78,7 @@ def test_later_transactions_change_nothing(spark, make_config, tmp_path):
     for name, path in (("full", full), ("cut", cut)):
         config = make_config(f"lake.root={tmp_path / name}", *FAST)
         lake = _ingested(spark, config, path, date)
-        from deepmine.churn import run_churn
+        from deepmine.mining.churn import run_churn
         counts = run_churn(spark, config, date)
         results.append((lake.read("mining/churn", f"run_date={date}"), counts))
     (full_scores, full_counts), (cut_scores, cut_counts) = results
@@ -98,7 +98,7 @@ def test_a_run_date_long_after_the_history_is_degraded_with_nothing_published(
     late = (dt.date.fromisoformat(truth["as_of"]) + dt.timedelta(days=400)).isoformat()
     config = make_config(*FAST)
     lake = _ingested(spark, config, tmp_path / "gen" / "transactions.csv", late)
-    from deepmine.churn import run_churn
+    from deepmine.mining.churn import run_churn
     assert run_churn(spark, config, late)["customers_scored"] == 0
     record = lake.read_manifest(late)["stages"]["churn"]
     assert record["status"] == "degraded"
@@ -117,7 +117,7 @@ def test_planted_churn_hazards_ranked(spark, make_config, tmp_path):
     config = make_config("churn.classifiers=[logistic]", "churn.regressors=[random_forest]",
                          "churn.selector=univariate", "churn.top_features=6")
     lake = _ingested(spark, config, tmp_path / "gen" / "transactions.csv", date)
-    from deepmine.churn import run_churn
+    from deepmine.mining.churn import run_churn
     counts = run_churn(spark, config, date)
     assert {"auc", "pr_auc", "lift_at_10pct", "baseline_auc", "spend_rmse",
             "baseline_spend_rmse", "model", "features_kept"} <= set(counts)
@@ -156,7 +156,7 @@ def test_cdnow_out_of_time_auc(spark, make_config, tmp_path):
     config = make_config(path="conf/samples/cdnow.yaml")
     date = "1998-03-31"
     lake = _ingested(spark, config, info["path"], date)
-    from deepmine.churn import run_churn
+    from deepmine.mining.churn import run_churn
     counts = run_churn(spark, config, date)
     tx = lake.read("clean/transactions", f"dt={date}")
     bought = (tx.where((F.col("invoice_ts") >= "1998-04-01") & (F.col("invoice_ts") < "1998-06-30")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from deepmine.lake import Lake
+from deepmine.core.lake import Lake
 from deepmine.nightly import STAGES
 
 REPO = Path(__file__).resolve().parents[1]

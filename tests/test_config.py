@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepmine.config import Config, ConfigError, load_config
+from deepmine.core.config import Config, ConfigError, load_config
 
 
 def test_embedded_default_loads_and_matches_the_documented_values():

@@ -12,9 +12,9 @@ import textwrap
 
 import pytest
 
-from deepmine.generate import generate_transactions
-from deepmine.ingest import IngestError, run_ingest
-from deepmine.lake import Lake
+from deepmine.data.generate import generate_transactions
+from deepmine.data.ingest import IngestError, run_ingest
+from deepmine.core.lake import Lake
 from deepmine.nightly import STAGES, resolve_inputs, run_nightly
 
 from csv_reference import reference_records, scan
@@ -88,7 +88,7 @@ def test_fuzzed_generated_and_real_files_never_crash_ingest(spark, make_config, 
     generate_transactions(tmp_path / "gen", lines=1500, seed=seed, dirty_rate=0.05)
     sources = [(tmp_path / "gen" / "transactions.csv").read_bytes()]
     try:
-        from deepmine.samples import write_samples
+        from deepmine.data.samples import write_samples
         info = write_samples(tmp_path / "samples", only=["cdnow"])["cdnow"]
         sources.append(b"\n".join(open(info["path"], "rb").read().splitlines()[:1500]) + b"\n")
     except Exception as e:  # the package is installed by scripts/setup.sh; say so if it is not
@@ -192,10 +192,10 @@ def test_task_failing_once_is_retried_with_the_same_result(tmp_path):
         import json
         from pyspark import TaskContext
         from pyspark.sql import functions as F
-        from deepmine import ingest
-        from deepmine.config import load_config
-        from deepmine.lake import Lake
-        from deepmine.spark import build_session
+        from deepmine.data import ingest
+        from deepmine.core.config import load_config
+        from deepmine.core.lake import Lake
+        from deepmine.core.spark import build_session
 
         def rows(name):
             config = load_config(None, [f"lake.root={tmp_path}/{{name}}", "spark.ui_enabled=false",
@@ -234,8 +234,8 @@ def test_spark_ui_binds_to_loopback_in_local_mode(tmp_path):
     """With the UI enabled, the local-mode driver's UI and RPC listen on 127.0.0.1 only."""
     script = textwrap.dedent(f"""
         import json
-        from deepmine.config import load_config
-        from deepmine.spark import build_session
+        from deepmine.core.config import load_config
+        from deepmine.core.spark import build_session
         config = load_config(None, ["lake.root={tmp_path}/lake", "spark.ui_enabled=true",
                                     "spark.options.spark.ui.port=14040", "spark.driver_memory=1g"])
         spark = build_session(config)
@@ -271,7 +271,7 @@ def test_model_loading_is_weights_only(tmp_path):
     shell command) is refused by the trainer's checkpoint loader, and the command never runs."""
     import pickle
 
-    from deepmine.trainer import CheckpointStore
+    from deepmine.deep.trainer import CheckpointStore
     marker = tmp_path / "pwned"
     store = CheckpointStore(tmp_path.as_uri())
     (tmp_path / "epoch-0001.pt").write_bytes(pickle.dumps({"model": _Exploit(marker)}))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from deepmine.config import ConfigError, load_config
+from deepmine.core.config import ConfigError, load_config
 
 D = "2026-11-22"
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -21,8 +21,8 @@ def test_sample_configs_do_not_name_the_synthetic_products_file(sample):
 
 
 def test_missing_products_file_stops_features_as_it_stops_rules(spark, tmp_path):
-    from deepmine.features import read_products
-    from deepmine.rules import RulesInputError, read_categories
+    from deepmine.deep.features import read_products
+    from deepmine.mining.rules import RulesInputError, read_categories
     missing = str(tmp_path / "no-such-products.csv")
     with pytest.raises(ConfigError, match=r"input.products .*no-such-products.csv: file not found"):
         read_products(spark, missing)
@@ -33,10 +33,10 @@ def test_missing_products_file_stops_features_as_it_stops_rules(spark, tmp_path)
 
 def test_synthetic_image_fallback_is_a_warning_in_log_manifest_and_report(spark, make_config,
                                                                           capsys, monkeypatch):
-    from deepmine import samples
-    from deepmine.features import run_features
-    from deepmine.lake import Lake
-    from deepmine.report import report_url, run_report
+    from deepmine.data import samples
+    from deepmine.deep.features import run_features
+    from deepmine.core.lake import Lake
+    from deepmine.ops.report import report_url, run_report
 
     def not_installed(name):
         raise samples.SampleUnavailable(name, "apt-get install -y dataset-fashion-mnist",

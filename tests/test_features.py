@@ -10,9 +10,9 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from deepmine.features import (customer_feature_values, customer_features, row_group_layout,
+from deepmine.deep.features import (customer_feature_values, customer_features, row_group_layout,
                                synthetic_images, with_row_ids)
-from deepmine.schemas import CLEAN_TRANSACTIONS
+from deepmine.core.schemas import CLEAN_TRANSACTIONS
 
 D = "2026-01-31"
 
@@ -113,11 +113,11 @@ def test_synthetic_images_are_seeded_and_distinct():
 
 def test_run_features_end_to_end(spark, tmp_path, make_config):
     """Generated transactions -> ingest -> features: both tables, equal row groups, manifest."""
-    from deepmine.features import run_features
-    from deepmine.generate import generate_transactions
-    from deepmine.ingest import run_ingest
-    from deepmine.lake import Lake
-    from deepmine.loader import parquet_parts
+    from deepmine.deep.features import run_features
+    from deepmine.data.generate import generate_transactions
+    from deepmine.data.ingest import run_ingest
+    from deepmine.core.lake import Lake
+    from deepmine.deep.loader import parquet_parts
 
     generate_transactions(tmp_path / "in", lines=3000, seed=5)
     config = make_config(f"input.products={tmp_path / 'in' / 'products.csv'}",

@@ -12,11 +12,11 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from conftest import sample_or_skip
-from deepmine.config import ForecastConfig
-from deepmine.forecast import last_complete_period, run_forecast, series_frame
-from deepmine.ingest import run_ingest
-from deepmine.lake import Lake
-from deepmine.report import ReportContext, section_forecast
+from deepmine.core.config import ForecastConfig
+from deepmine.mining.forecast import last_complete_period, run_forecast, series_frame
+from deepmine.data.ingest import run_ingest
+from deepmine.core.lake import Lake
+from deepmine.ops.report import ReportContext, section_forecast
 
 START = dt.date(2026, 1, 5)  # a Monday
 DAYS = 210
@@ -97,7 +97,7 @@ def planted(spark, tmp_path_factory):
     """The planted products' daily lines, D and 14 days after it, ingested and forecast as of D."""
     root = tmp_path_factory.mktemp("planted")
     write_planted(root / "full.csv", DAYS + AFTER)
-    from deepmine.config import load_config
+    from deepmine.core.config import load_config
     config = load_config(None, [f"lake.root={root / 'lake'}", "spark.ui_enabled=false", *DAILY])
     lake = _ingested(spark, config, root / "full.csv", RUN_DATE)
     counts = run_forecast(spark, config, RUN_DATE)
@@ -181,8 +181,8 @@ def test_short_and_empty_series_take_the_fallback(planted):
 def test_mean_of_models_averages_the_other_candidates():
     """mean_of_models is the mean of the other candidates' forecasts and bands (croston left
     out of a series that is not intermittent); it needs two others."""
-    from deepmine.config import ConfigError
-    from deepmine.forecast import _predict_all, check_config
+    from deepmine.core.config import ConfigError
+    from deepmine.mining.forecast import _predict_all, check_config
     y = np.array([planted_mean("P1", day) for day in range(120)])
     got = _predict_all(["auto_ets", "seasonal_naive", "mean_of_models"], y, 14, 7, 7)
     for i in range(3):  # forecast, lower, upper
@@ -209,8 +209,8 @@ def test_generated_demand_recovered(spark, make_config, tmp_path):
       count that every category shares drops out), its log correlates with the planted one above
       0.8, with a slope between 0.6 and 1.6;
     - the chosen models beat the seasonal naive (summed MASE); intervals hold 70-90%."""
-    from deepmine.features import read_products
-    from deepmine.generate import generate_transactions, planted_demand_factor
+    from deepmine.deep.features import read_products
+    from deepmine.data.generate import generate_transactions, planted_demand_factor
     truth = generate_transactions(tmp_path / "gen", 20_000, seed=7)
     config = make_config(f"input.products={tmp_path / 'gen' / 'products.csv'}", *GENERATED)
     # the last day with lines (every line lies before as_of)

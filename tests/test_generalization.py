@@ -1,4 +1,4 @@
-"""The image stages on image sets nobody tuned them on (lib/deepmine/imagesets.py): a real 8x8
+"""The image stages on image sets nobody tuned them on (lib/deepmine/data/imagesets.py): a real 8x8
 set (scikit-learn's digits), 16x16 dark shapes on white with a third of the training rows
 unlabelled, and sparse 28x28 strokes. Each model either beats its baseline on the same data (the
 CNN: majority class and logistic regression on the pixels; deep clustering: K-means on the raw
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 
-from deepmine import imagesets
+from deepmine.data import imagesets
 
 D = "2026-11-22"
 SETS = {  # name -> (rows, share of training rows unlabelled, side of the square images)
@@ -24,7 +24,7 @@ SETS = {  # name -> (rows, share of training rows unlabelled, side of the square
 
 
 def _config(root, name, *extra):
-    from deepmine.config import load_config
+    from deepmine.core.config import load_config
     h = w = SETS[name][2]
     return load_config(None, [
         f"lake.root={root / name}", "spark.ui_enabled=false", f"images.height={h}",
@@ -48,7 +48,7 @@ def image_lakes(spark, tmp_path_factory):
 
 
 def _stage(spark, config, stage):
-    from deepmine.lake import Lake
+    from deepmine.core.lake import Lake
     return Lake(spark, config.lake.root).read_manifest(D)["stages"][stage]
 
 
@@ -64,7 +64,7 @@ def _beats_or_degraded(record, model_score, baseline_score, what, tolerance=0.0)
 
 @pytest.mark.parametrize("name", list(SETS))
 def test_cnn_beats_its_baselines_or_is_degraded(spark, image_lakes, name):
-    from deepmine.train import run_train
+    from deepmine.deep.train import run_train
     config = image_lakes[name]
     run_train(spark, config, D, "cnn", "images")  # unlabelled rows: no "Target -1" error
     record = _stage(spark, config, "train_cnn")
@@ -82,7 +82,7 @@ def test_cnn_beats_its_baselines_or_is_degraded(spark, image_lakes, name):
 
 @pytest.mark.parametrize("name", list(SETS))
 def test_image_clustering_beats_kmeans_or_is_degraded(spark, image_lakes, name):
-    from deepmine.train import run_train
+    from deepmine.deep.train import run_train
     config = image_lakes[name]
     run_train(spark, config, D, "autoencoder", "images")
     record = _stage(spark, config, "train_autoencoder_images")
@@ -100,7 +100,7 @@ def test_a_broken_learning_rate_ends_degraded_with_its_retries(spark, image_lake
     retries are recorded, and the stage ends degraded with the reason, not ok."""
     from dataclasses import replace
 
-    from deepmine.train import run_train
+    from deepmine.deep.train import run_train
     config = image_lakes["digits8"]
     broken = replace(config, train=replace(config.train, lr=10.0, max_retries=1, epochs=8,
                                            patience=2, budget_seconds=0))
@@ -117,7 +117,7 @@ def test_a_broken_learning_rate_ends_degraded_with_its_retries(spark, image_lake
 def test_the_budget_stops_training_before_the_epoch_that_would_overrun_it(spark, image_lakes):
     from dataclasses import replace
 
-    from deepmine.train import run_train
+    from deepmine.deep.train import run_train
     config = image_lakes["shapes16_inverted"]
     quick = replace(config, train=replace(config.train, budget_seconds=0.5))
     run_train(spark, quick, D, "cnn", "images")

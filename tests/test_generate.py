@@ -1,4 +1,4 @@
-"""Tests of deepmine.generate: synthetic transactions with planted truth.
+"""Tests of deepmine.data.generate: synthetic transactions with planted truth.
 
 The checks re-derive everything from the written files with their own simple logic (byte-level
 parsing, pandas), independent of how the generator counts.
@@ -19,8 +19,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import deepmine.generate as gen
-from deepmine.generate import FASHION_MNIST_CLASSES, generate_transactions
+import deepmine.data.generate as gen
+from deepmine.data.generate import FASHION_MNIST_CLASSES, generate_transactions
 
 HEADER = b"invoice_id,customer_id,product_id,quantity,unit_price,invoice_ts,country"
 KINDS = {
@@ -215,7 +215,7 @@ def test_deterministic(tmp_path):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     # another process with another hash seed gives the same bytes
     code = (
-        "import sys; from deepmine.generate import generate_transactions as g; "
+        "import sys; from deepmine.data.generate import generate_transactions as g; "
         "g(sys.argv[1], lines=6000, seed=5, dirty_rate=0.2, days=90, start_date='2026-01-01')"
     )
     env = _child_env(PYTHONHASHSEED="12345")
@@ -490,7 +490,7 @@ def _child_env(**extra) -> dict:
 def _peak_rss_kb(out: Path, lines: int) -> int:
     code = (
         "import resource, sys\n"
-        "from deepmine.generate import generate_transactions\n"
+        "from deepmine.data.generate import generate_transactions\n"
         "generate_transactions(sys.argv[1], int(sys.argv[2]), seed=1, dirty_rate=0.05)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deepmine.launch import run_on_spark, smoke_rank
+from deepmine.deep.launch import run_on_spark, smoke_rank
 
 
 def test_two_ranks_over_gloo_from_spark(spark):

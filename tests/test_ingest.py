@@ -9,10 +9,10 @@ from pyspark.sql import Row
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from deepmine.config import IngestConfig
-from deepmine.ingest import (ENTITY_SPECS, IngestError, classify_transactions, parse_csv_records,
+from deepmine.core.config import IngestConfig
+from deepmine.data.ingest import (ENTITY_SPECS, IngestError, classify_transactions, parse_csv_records,
                              run_ingest, split_clean, split_quarantine)
-from deepmine.lake import Lake
+from deepmine.core.lake import Lake
 
 from csv_reference import reference_records
 

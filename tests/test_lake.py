@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from deepmine.lake import Lake
+from deepmine.core.lake import Lake
 
 TABLE, PART = "demo/numbers", "run_date=2026-11-22"
 
@@ -55,9 +55,9 @@ def test_process_killed_after_staging_leaves_previous_readable(spark, tmp_path):
     lake.publish(spark.range(4).withColumnRenamed("id", "n"), TABLE, PART)
     script = textwrap.dedent(f"""
         import os
-        from deepmine.config import load_config
-        from deepmine.lake import Lake
-        from deepmine.spark import build_session
+        from deepmine.core.config import load_config
+        from deepmine.core.lake import Lake
+        from deepmine.core.spark import build_session
         config = load_config(None, ["lake.root={root}", "spark.ui_enabled=false",
                                     "spark.driver_memory=1g"])
         spark = build_session(config)
@@ -76,7 +76,7 @@ def test_process_killed_after_staging_leaves_previous_readable(spark, tmp_path):
 
 
 def test_manifest_records_failed_stage(spark, tmp_path):
-    from deepmine.lake import StageRun
+    from deepmine.core.lake import StageRun
     lake = Lake(spark, str(tmp_path / "lake"))
     with pytest.raises(ZeroDivisionError):
         with StageRun(lake, "2026-11-22", "demo", log=lambda m: None) as run:
@@ -147,7 +147,7 @@ def test_incomplete_partition_without_a_complete_copy_is_refused(spark, tmp_path
     """A partition without its marker and nothing complete to fall back to: read() raises
     IncompletePartition (partition and whole table) instead of returning part of the rows, and
     the partial files are left in place."""
-    from deepmine.lake import IncompletePartition
+    from deepmine.core.lake import IncompletePartition
     lake = Lake(spark, str(tmp_path / "lake"))
     lake.publish(spark.range(30).withColumnRenamed("id", "n").repartition(3), TABLE, PART)
     lake.publish(spark.range(5).withColumnRenamed("id", "n"), TABLE, "run_date=2026-11-21")

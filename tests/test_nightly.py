@@ -7,8 +7,8 @@ import json
 from conftest import skip_all_but
 
 from deepmine.cli import main
-from deepmine.generate import generate_transactions
-from deepmine.lake import Lake
+from deepmine.data.generate import generate_transactions
+from deepmine.core.lake import Lake
 from deepmine.nightly import run_nightly
 
 DATE = "2026-11-22"
@@ -95,7 +95,7 @@ def _cli_args(tmp_path, *keep: str) -> list[str]:
 
 def _degrading_rules(spark, config, run_date):
     """Stands for a rules stage that published but did not beat its baseline."""
-    from deepmine.lake import StageRun
+    from deepmine.core.lake import StageRun
     with StageRun(Lake(spark, config.lake.root), run_date, "rules") as run:
         run.degrade("lift of the top rule 0.9 is below 1")
     return run.counts
@@ -105,11 +105,11 @@ def test_failed_stage_skips_what_needs_it_runs_the_rest_and_the_report(spark, tm
                                                                        monkeypatch):
     """rfm fails for an internal reason: features (which needs rfm) is skipped and recorded so,
     rules (which does not) and the report still run, the report shows the failure, exit 1."""
-    import deepmine.rfm
+    import deepmine.mining.rfm
 
     def broken_rfm(spark, config, run_date):
         raise ValueError("boom inside rfm")
-    monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
+    monkeypatch.setattr(deepmine.mining.rfm, "run_rfm", broken_rfm)
     args = _cli_args(tmp_path, "ingest", "rfm", "rules", "features", "report")
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -130,9 +130,9 @@ def test_failed_stage_skips_what_needs_it_runs_the_rest_and_the_report(spark, tm
 def test_degraded_stage_exits_4_and_a_failure_wins(spark, tmp_path, capsys, monkeypatch):
     """A degraded stage lets the night go on and the CLI exits 4 (nightly and the stage's own
     command); with a failed stage as well, 1 wins."""
-    import deepmine.rfm
-    import deepmine.rules
-    monkeypatch.setattr(deepmine.rules, "run_rules", _degrading_rules)
+    import deepmine.mining.rfm
+    import deepmine.mining.rules
+    monkeypatch.setattr(deepmine.mining.rules, "run_rules", _degrading_rules)
     args = _cli_args(tmp_path, "ingest", "rules", "report")
     assert main(args) == 4
     err = capsys.readouterr().err
@@ -146,7 +146,7 @@ def test_degraded_stage_exits_4_and_a_failure_wins(spark, tmp_path, capsys, monk
 
     def broken_rfm(spark, config, run_date):
         raise FileNotFoundError("an internal scratch file vanished")
-    monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
+    monkeypatch.setattr(deepmine.mining.rfm, "run_rfm", broken_rfm)
     assert main([*_cli_args(tmp_path, "ingest", "rfm", "rules", "report"), "--force"]) == 1
 
 
@@ -157,13 +157,13 @@ def test_exit_codes_1_for_internal_failures_2_only_for_usage_and_input(spark, tm
     test_cli_nightly_generates_on_first_use_and_prints_manifest; 2 for bad input:
     test_cli_reports_bad_input_with_exit_code_2; 4: test_degraded_stage_exits_4_and_a_failure_wins;
     75: test_second_nightly_on_a_locked_lake_exits_at_once.)"""
-    import deepmine.rfm
+    import deepmine.mining.rfm
     base = ["--date", DATE, "--set", f"lake.root={tmp_path / 'lake'}", "spark.ui_enabled=false"]
     for error in (ValueError("cluster centres came back empty"),
                   FileNotFoundError("scratch/centres.npy")):
         def broken_rfm(spark, config, run_date, error=error):
             raise error
-        monkeypatch.setattr(deepmine.rfm, "run_rfm", broken_rfm)
+        monkeypatch.setattr(deepmine.mining.rfm, "run_rfm", broken_rfm)
         assert main(["rfm", *base]) == 1
         err = capsys.readouterr().err
         assert f"deepmine rfm: failed: {type(error).__name__}: {error}" in err
@@ -193,7 +193,7 @@ def test_lock_errors_other_than_an_existing_lock_are_errors(spark, tmp_path, mon
     its message); only an existing lock of a live holder is LakeLocked."""
     import pytest
 
-    from deepmine.lake import LakeLocked, LakeLockError
+    from deepmine.core.lake import LakeLocked, LakeLockError
     lake = Lake(spark, str(tmp_path / "lake"))
     real_fs = Lake._fs
 

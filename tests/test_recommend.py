@@ -1,4 +1,4 @@
-"""Recommendations (deepmine.recommend): the metrics against hand computations and Spark's own
+"""Recommendations (deepmine.mining.recommend): the metrics against hand computations and Spark's own
 RankingMetrics, the splits, the top-N lists against a brute-force ranking, the stage end to end on
 generated transactions (where ALS must beat popularity) and on ratings, and MovieLens 100k's RMSE.
 The same check on the Instacart sample takes longer than this file may: scripts/bench/recommend.py
@@ -14,10 +14,10 @@ import pytest
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from deepmine import recommend as rec
-from deepmine.config import ConfigError, RecommendConfig, load_config
-from deepmine.lake import Lake
-from deepmine.schemas import CLEAN_RATINGS, CLEAN_TRANSACTIONS, MINING_RECOMMENDATIONS
+from deepmine.mining import recommend as rec
+from deepmine.core.config import ConfigError, RecommendConfig, load_config
+from deepmine.core.lake import Lake
+from deepmine.core.schemas import CLEAN_RATINGS, CLEAN_TRANSACTIONS, MINING_RECOMMENDATIONS
 
 from conftest import sample_or_skip
 
@@ -271,7 +271,7 @@ def implicit_run(spark, tmp_path_factory):
     """The stage on generated transactions (6,000 lines, 240 customers, 60 products with planted
     tastes), plus one customer who only ever returned a product. The defaults, but for 2 ALS blocks
     and 10 sweeps to save time here (the defaults on 100,000 lines: ndcg@10 0.180 against 0.137)."""
-    from deepmine.generate import generate_transactions
+    from deepmine.data.generate import generate_transactions
 
     base = tmp_path_factory.mktemp("recommend_implicit")
     generate_transactions(base / "input", lines=6000, seed=11, products=60)
@@ -485,7 +485,7 @@ def _planted_ratings(seed: int, users=300, items=200, rank=3, density=0.12, nois
 
 
 def test_grid_picks_the_planted_regularization_over_an_overfitting_configured_one():
-    from deepmine import als_grid
+    from deepmine.mining import als_grid
     fit_part, valid, _ = _planted_ratings(1)
     points = [als_grid.Point(10, reg, 1.0) for reg in (0.005, 0.1, 3.0)]
     overfit = points[0]
@@ -502,7 +502,7 @@ def test_grid_picks_the_planted_regularization_over_an_overfitting_configured_on
 
 def test_grid_implicit_ndcg_by_hand():
     """als_grid's per-customer NDCG against ranking_metrics' definition on factors set by hand."""
-    from deepmine import als_grid
+    from deepmine.mining import als_grid
     fit_part = pd.DataFrame({"customer_id": ["a", "a", "b"], "product_id": ["p1", "p2", "p1"],
                              "strength": [1.0, 1.0, 1.0]})
     coded = als_grid.Coded.of(fit_part)  # items p1, p2 (no p3: unseen in the fit part)
@@ -520,7 +520,7 @@ def test_explicit_model_choice_on_planted_biases_and_when_validation_cannot_tell
     """search_explicit leaves plain ALS for the baseline model or a blend when the ratings carry
     planted biases; with a dozen validation ratings the evidence cannot separate them and plain
     ALS is kept; asked for `blend`, the weight stays strictly between 0 and 1."""
-    from deepmine import als_grid
+    from deepmine.mining import als_grid
     frame = pd.DataFrame(_ratings_with_planted_biases(4),
                          columns=["customer_id", "product_id", "strength", "ts", "f"])
     held = np.random.default_rng(0).random(len(frame)) < 0.2

@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from deepmine.report import population_stability_index, report_url
+from deepmine.ops.report import population_stability_index, report_url
 
 
 def test_psi_by_hand():

@@ -1,4 +1,4 @@
-"""RFM (deepmine.rfm) against a hand-computed table, a plain pandas computation (CDNOW and generated
+"""RFM (deepmine.mining.rfm) against a hand-computed table, a plain pandas computation (CDNOW and generated
 data) and the customer groups planted by the generator."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import pytest
 from pyspark.testing import assertDataFrameEqual
 from sklearn.metrics import adjusted_rand_score
 
-from deepmine import rfm
-from deepmine.config import ConfigError
-from deepmine.lake import Lake
-from deepmine.rfm import SEGMENT_GRID, run_rfm, segment_name
-from deepmine.schemas import CLEAN_TRANSACTIONS, MINING_RFM
+from deepmine.mining import rfm
+from deepmine.core.config import ConfigError
+from deepmine.core.lake import Lake
+from deepmine.mining.rfm import SEGMENT_GRID, run_rfm, segment_name
+from deepmine.core.schemas import CLEAN_TRANSACTIONS, MINING_RFM
 
 from conftest import sample_or_skip
 
@@ -241,7 +241,7 @@ def test_cdnow_matches_pandas(spark, tmp_path):
 
 def test_generated_values_match_pandas_and_clusters_recover_planted_groups(
         spark, make_config, tmp_path):
-    from deepmine.generate import generate_transactions
+    from deepmine.data.generate import generate_transactions
     truth = generate_transactions(tmp_path / "gen", lines=8_000, seed=3)
     raw = pd.read_csv(tmp_path / "gen" / "transactions.csv",
                       dtype={"invoice_id": str, "customer_id": str, "product_id": str})

@@ -1,4 +1,4 @@
-"""Association rules (deepmine.rules) against hand-computed values, mlxtend 0.23.4 and planted
+"""Association rules (deepmine.mining.rules) against hand-computed values, mlxtend 0.23.4 and planted
 truth.
 
 mlxtend gets the same baskets as a one-hot DataFrame. Only items that can be frequent (in at least
@@ -16,11 +16,11 @@ from mlxtend.frequent_patterns import association_rules as mlx_rules
 from mlxtend.frequent_patterns import fpgrowth as mlx_fpgrowth
 from pyspark.testing import assertDataFrameEqual
 
-from deepmine import rules
-from deepmine.config import ConfigError
-from deepmine.lake import Lake
-from deepmine.rules import RULE_METRICS, RulesInputError, run_rules
-from deepmine.schemas import CLEAN_TRANSACTIONS
+from deepmine.mining import rules
+from deepmine.core.config import ConfigError
+from deepmine.core.lake import Lake
+from deepmine.mining.rules import RULE_METRICS, RulesInputError, run_rules
+from deepmine.core.schemas import CLEAN_TRANSACTIONS
 
 from conftest import sample_or_skip
 
@@ -205,7 +205,7 @@ def purchase_baskets(lines: pd.DataFrame, item: str = "product_id") -> list[list
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
-    from deepmine.generate import generate_transactions
+    from deepmine.data.generate import generate_transactions
     out = tmp_path_factory.mktemp("generated")
     truth = generate_transactions(out, lines=10_000, seed=5)
     return out, truth

@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import missing_sample
 
-from deepmine import samples
-from deepmine.samples import SAMPLES, SampleUnavailable, write_samples
+from deepmine.data import samples
+from deepmine.data.samples import SAMPLES, SampleUnavailable, write_samples
 
 
 def _sources_or_skip(name: str) -> dict[str, Path]:

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from deepmine.config import TextConfig
-from deepmine.generate_reviews import generate_reviews
-from deepmine.text import (Vocabulary, distinguishing_terms, label, prepare, review_split,
+from deepmine.core.config import TextConfig
+from deepmine.data.generate_reviews import generate_reviews
+from deepmine.deep.text import (Vocabulary, distinguishing_terms, label, prepare, review_split,
                            stop_words, tokenize, token_ids)
 
 
@@ -118,7 +118,7 @@ def test_negative_reviews_name_their_products_planted_flaw(spark, tmp_path, lang
 
 
 def _manifest_stage(spark, config, date, stage):
-    from deepmine.lake import Lake
+    from deepmine.core.lake import Lake
     return Lake(spark, config.lake.root).read_manifest(date)["stages"][stage]
 
 
@@ -129,10 +129,10 @@ def test_text_model_learns_the_planted_sentiment(spark, tmp_path, make_config, m
     reports it beside the TF-IDF baseline on the same test reviews (ok only when it reaches it)."""
     from scipy.stats import spearmanr
 
-    from deepmine.features import run_features
-    from deepmine.ingest import run_ingest
-    from deepmine.lake import Lake
-    from deepmine.train import run_train
+    from deepmine.deep.features import run_features
+    from deepmine.data.ingest import run_ingest
+    from deepmine.core.lake import Lake
+    from deepmine.deep.train import run_train
     date = "2026-11-22"
     info = generate_reviews(tmp_path / "in", 1600, 5, language)
     config = make_config("features.synthetic_images=70", "features.row_groups=2",
@@ -166,14 +166,14 @@ def test_text_model_learns_the_planted_sentiment(spark, tmp_path, make_config, m
         for e in examples:
             assert sum(w for _, w, _ in e["tokens"]) == pytest.approx(1.0, abs=0.01)
             assert sum(top for _, _, top in e["tokens"]) == min(8, len(e["tokens"]))
-        from deepmine.report import report_url, run_report
+        from deepmine.ops.report import report_url, run_report
         run_report(spark, config, date)
         page = lake.read_text(report_url(lake, date))
         assert "Reviews and sentiment" in page and examples[0]["review_id"] in page
         return
     # the per-product summary, from the model when it ended ok: mean sentiment follows the
     # planted product quality
-    from deepmine.review_summary import run_review_summary
+    from deepmine.mining.review_summary import run_review_summary
     out = run_review_summary(spark, config, date)
     assert out["source"] == ("predictions/textcnn" if record["status"] == "ok"
                              else "predictions/review_baseline")

@@ -20,8 +20,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from deepmine.launch import run_on_spark
-from deepmine.loader import parquet_parts, rows_seen, split_urls
+from deepmine.deep.launch import run_on_spark
+from deepmine.deep.loader import parquet_parts, rows_seen, split_urls
 
 D = "2026-11-22"
 
@@ -29,11 +29,11 @@ D = "2026-11-22"
 @pytest.fixture(scope="module")
 def trained_lake(spark, tmp_path_factory):
     """A config and its lake with clean transactions, mining/rfm and both feature tables."""
-    from deepmine.config import load_config
-    from deepmine.features import run_features
-    from deepmine.generate import generate_transactions
-    from deepmine.ingest import run_ingest
-    from deepmine.rfm import run_rfm
+    from deepmine.core.config import load_config
+    from deepmine.deep.features import run_features
+    from deepmine.data.generate import generate_transactions
+    from deepmine.data.ingest import run_ingest
+    from deepmine.mining.rfm import run_rfm
 
     root = tmp_path_factory.mktemp("train")
     generate_transactions(root / "in", lines=20000, seed=7, dirty_rate=0.0)
@@ -53,7 +53,7 @@ def trained_lake(spark, tmp_path_factory):
 
 
 def test_every_row_exactly_once_per_epoch(spark, trained_lake):
-    from deepmine.lake import Lake
+    from deepmine.core.lake import Lake
     lake = Lake(spark, trained_lake.lake.root)
     parts = parquet_parts(lake.partition_url("features/images", f"run_date={D}"))
     urls = split_urls(parts, "train")
@@ -77,15 +77,15 @@ def _load_weights(lake, name):
         state = torch.load(io.BytesIO(f.read()), weights_only=True)
     with fs.open_input_stream(f"{path}/spec.json") as f:
         spec = json.loads(f.read())
-    from deepmine.models import build
+    from deepmine.deep.models import build
     model = build(spec)
     model.load_state_dict(state)
     return model, fs, path
 
 
 def test_cnn_two_ranks_one_epoch(spark, trained_lake):
-    from deepmine.lake import Lake
-    from deepmine.train import run_train
+    from deepmine.core.lake import Lake
+    from deepmine.deep.train import run_train
     out = run_train(spark, trained_lake, D, "cnn", "images")
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_cnn"]["metrics"]
@@ -110,8 +110,8 @@ def test_image_autoencoder_two_ranks(spark, trained_lake, autoencoder, contrasti
     """With the full run's recipe: the partition and centres from the UMAP manifold, a warm epoch
     toward that partition, then IDEC; and with shifted inputs (DEC-DA). Both image autoencoders:
     conv (the default) and dense with the augmentation-consistency loss (conf/full.yaml's)."""
-    from deepmine.lake import Lake
-    from deepmine.train import run_train
+    from deepmine.core.lake import Lake
+    from deepmine.deep.train import run_train
     config = replace(trained_lake, train=replace(trained_lake.train, augment_shift=2,
                                                  dec_init="umap", dec_warm_epochs=1,
                                                  dec_max_epochs=2, image_autoencoder=autoencoder,
@@ -137,9 +137,9 @@ def test_image_autoencoder_two_ranks(spark, trained_lake, autoencoder, contrasti
 
 
 def test_warm_epochs_must_leave_dec_epochs(spark, trained_lake):
-    from deepmine.config import ConfigError
-    from deepmine.lake import Lake
-    from deepmine.train import train_args
+    from deepmine.core.config import ConfigError
+    from deepmine.core.lake import Lake
+    from deepmine.deep.train import train_args
     parts = parquet_parts(Lake(spark, trained_lake.lake.root).partition_url(
         "features/images", f"run_date={D}"))
     for warm, most in ((2, 2), (-1, 4)):
@@ -153,8 +153,8 @@ def test_warm_epochs_must_leave_dec_epochs(spark, trained_lake):
 
 
 def test_customer_deep_clustering_beats_rfm_kmeans(spark, trained_lake):
-    from deepmine.lake import Lake
-    from deepmine.train import run_train
+    from deepmine.core.lake import Lake
+    from deepmine.deep.train import run_train
     run_train(spark, trained_lake, D, "autoencoder", "customers")
     lake = Lake(spark, trained_lake.lake.root)
     m = lake.read_manifest(D)["stages"]["train_autoencoder_customers"]["metrics"]
@@ -166,7 +166,7 @@ def test_customer_deep_clustering_beats_rfm_kmeans(spark, trained_lake):
 
 
 def _horovodrun(args_path, log):
-    from deepmine.train import horovodrun_command
+    from deepmine.deep.train import horovodrun_command
     return subprocess.Popen(horovodrun_command(str(args_path), 2), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
 
@@ -174,9 +174,9 @@ def _horovodrun(args_path, log):
 def test_resume_after_kill_gives_the_same_weights(spark, trained_lake, tmp_path):
     """Standalone horovodrun: kill a run after its second checkpoint, start it again, and compare
     the final weights with an uninterrupted run of the same arguments."""
-    from deepmine.lake import Lake
-    from deepmine.train import train_args
-    from deepmine.trainer import CheckpointStore
+    from deepmine.core.lake import Lake
+    from deepmine.deep.train import train_args
+    from deepmine.deep.trainer import CheckpointStore
 
     lake = Lake(spark, trained_lake.lake.root)
     parts = parquet_parts(lake.partition_url("features/customers", f"run_date={D}"))
@@ -214,7 +214,7 @@ def test_resume_after_kill_gives_the_same_weights(spark, trained_lake, tmp_path)
 
 
 def test_shift_images_moves_each_image_and_fills_with_zeros():
-    from deepmine.trainer import shift_images
+    from deepmine.deep.trainer import shift_images
     torch.manual_seed(0)
     images = torch.rand(64, 5 * 7) + 1  # no zeros of their own
     shifted = shift_images(images, 5, 7, 2)
@@ -234,7 +234,7 @@ def test_shift_images_moves_each_image_and_fills_with_zeros():
 
 
 def test_affine_view_mirrors_shifts_and_zooms():
-    from deepmine.models.contrastive import affine_view, random_view
+    from deepmine.deep.models.contrastive import affine_view, random_view
     torch.manual_seed(0)
     images = torch.rand(3, 6 * 8)
     one, no, still = torch.ones(3), torch.zeros(3, dtype=torch.bool), torch.zeros(3, 2)
@@ -262,7 +262,7 @@ def test_affine_view_mirrors_shifts_and_zooms():
 
 
 def test_nt_xent_against_a_hand_computed_value_and_a_plain_loop():
-    from deepmine.models.contrastive import nt_xent
+    from deepmine.deep.models.contrastive import nt_xent
     # two orthogonal images, each view equal to its partner: every view has its partner at
     # similarity 1 and the two other views at 0
     a = torch.eye(2, 5)
@@ -285,8 +285,8 @@ def test_initial_partition_finds_planted_blobs_both_ways():
     cluster on each blob, and leaves torch's thread count as it found it."""
     import numpy as np
 
-    from deepmine.metrics import clustering_scores
-    from deepmine.trainer import initial_partition
+    from deepmine.core.metrics import clustering_scores
+    from deepmine.deep.trainer import initial_partition
     rng = np.random.default_rng(3)
     truth = rng.normal(0, 10, (4, 6))
     points = np.concatenate([c + rng.normal(0, 0.5, (150, 6)) for c in truth])
@@ -307,7 +307,7 @@ def test_initial_partition_finds_planted_blobs_both_ways():
 
 
 def test_warm_target_puts_most_weight_on_the_starting_cluster():
-    from deepmine.trainer import WARM_TARGET, warm_target
+    from deepmine.deep.trainer import WARM_TARGET, warm_target
     target = warm_target(torch.tensor([2, 0, 1]), 4)
     expected = torch.full((3, 4), (1 - WARM_TARGET) / 3)
     expected[[0, 1, 2], [2, 0, 1]] = WARM_TARGET
@@ -320,7 +320,7 @@ def test_columnar_batches_equal_petastorms_own(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepmine.loader import open_loader
+    from deepmine.deep.loader import open_loader
     rng = np.random.default_rng(5)
     urls = []
     for part in range(3):
@@ -349,7 +349,7 @@ def test_columnar_batches_equal_petastorms_own(tmp_path):
 
 
 def test_validation_mask_is_seeded_the_share_asked_and_shard_free():
-    from deepmine.trainer import validation_mask
+    from deepmine.deep.trainer import validation_mask
     ids = torch.arange(20000)
     mask = validation_mask(ids, 0.1, seed=42)
     assert abs(float(mask.float().mean()) - 0.1) < 0.01
@@ -360,7 +360,7 @@ def test_validation_mask_is_seeded_the_share_asked_and_shard_free():
 
 
 def test_early_stop_keeps_the_best_and_counts_patience():
-    from deepmine.trainer import EarlyStop
+    from deepmine.deep.trainer import EarlyStop
     stop = EarlyStop(patience=2, min_delta=0.01)
     for epoch, loss in enumerate([1.0, 0.5, 0.498, 0.6]):  # 0.498: less than 1% better
         stop.update(epoch, loss)
@@ -374,7 +374,7 @@ def test_early_stop_keeps_the_best_and_counts_patience():
 
 
 def test_failure_signals():
-    from deepmine.trainer import embedding_spread, largest_cluster_share, stalled
+    from deepmine.deep.trainer import embedding_spread, largest_cluster_share, stalled
     torch.manual_seed(0)
     assert embedding_spread(torch.randn(500, 10) + 3) > 0.05  # 10 / (10 + 90)
     assert embedding_spread(torch.ones(500, 10) * 7 + 1e-5 * torch.randn(500, 10)) < 1e-6
@@ -386,7 +386,7 @@ def test_failure_signals():
 def test_image_autoencoders_standardize_and_reconstruct_in_data_units(kind):
     """Built with the data's mean and spread, the network sees standardized input and its linear
     output maps back: with zeroed weights the reconstruction is the mean itself."""
-    from deepmine.models import build
+    from deepmine.deep.models import build
     spec = {"kind": kind, "height": 8, "width": 8, "in_dim": 64, "hidden": [16], "output": "linear",
             "embedding_dim": 3, "n_clusters": 2, "input_shift": 0.4, "input_scale": 0.2}
     model = build(spec)
@@ -403,7 +403,7 @@ def test_input_stats_reads_every_value(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepmine.train import input_stats
+    from deepmine.deep.train import input_stats
     values = np.random.default_rng(0).random((30, 4)).astype(np.float32)
     table = pa.table({"features": pa.ListArray.from_arrays(
         pa.array(np.arange(0, 121, 4, dtype=np.int32)), pa.array(values.ravel()))})
@@ -413,7 +413,7 @@ def test_input_stats_reads_every_value(tmp_path):
 
 
 def test_customer_truth_comes_from_the_ingested_input(tmp_path, make_config):
-    from deepmine.train import customer_truth_path
+    from deepmine.deep.train import customer_truth_path
     beside_config, ingested = tmp_path / "config_input", tmp_path / "ingested"
     for folder in (beside_config, ingested):
         folder.mkdir()
@@ -433,7 +433,7 @@ def test_customer_truth_comes_from_the_ingested_input(tmp_path, make_config):
 def test_pixel_baselines_on_separable_classes():
     import numpy as np
 
-    from deepmine.train import pixel_baselines
+    from deepmine.deep.train import pixel_baselines
     rng = np.random.default_rng(0)
     y = rng.choice(3, 400, p=[0.5, 0.3, 0.2])
     x = (np.eye(3)[y] @ rng.random((3, 16)) + 0.05 * rng.random((400, 16))).astype(np.float32)
@@ -448,8 +448,8 @@ def test_dec_starts_from_the_kmeans_restart_most_compact_in_the_input_vectors():
     splitting the first and merging the others is cheaper in the embedding. Judged in the input
     vectors, the right restart wins. The sums of squares add up across ranks and batches."""
     import numpy as np
-    from deepmine.metrics import cluster_accuracy
-    from deepmine.trainer import (kmeans_restarts, restart_choice, within_cluster_ss,
+    from deepmine.core.metrics import cluster_accuracy
+    from deepmine.deep.trainer import (kmeans_restarts, restart_choice, within_cluster_ss,
                                   within_cluster_sums)
     rng = np.random.RandomState(0)
     truth = np.repeat(np.arange(3), 200)

@@ -17,7 +17,7 @@ import datetime as dt
 import sys
 from typing import Callable
 
-from deepmine.config import ConfigError, load_config
+from deepmine.core.config import ConfigError, load_config
 
 DEFAULT_CONF = "conf/local.yaml"
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOTHING_TO_DO, EXIT_DEGRADED, EXIT_LOCKED = \
@@ -26,10 +26,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_NOTHING_TO_DO, EXIT_DEGRADED, EXIT_LO
 
 def input_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean bad usage or bad input (exit 2); any other is a failure (exit 1)."""
-    from deepmine.ingest import IngestError
-    from deepmine.rules import RulesInputError
-    from deepmine.samples import SampleFormatError
-    from deepmine.schemas import SchemaError
+    from deepmine.data.ingest import IngestError
+    from deepmine.mining.rules import RulesInputError
+    from deepmine.data.samples import SampleFormatError
+    from deepmine.core.schemas import SchemaError
     return ConfigError, IngestError, SchemaError, RulesInputError, SampleFormatError
 
 # Stages that read the lake and write the lake: `deepmine.<name>.run_<name>(spark, config, date)`.
@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("submit", help="run a stage's job on a cluster with spark-submit",
                        add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)  # main() hands these to deepmine.submit
+    p.add_argument("rest", nargs=argparse.REMAINDER)  # main() hands these to deepmine.ops.submit
 
     p = sub.add_parser("doctor", help="where driver and executors find Python, deepmine and the stack")
     p.add_argument("--conf", default=DEFAULT_CONF)
@@ -133,18 +133,18 @@ WRITES_LAKE = {"ingest", "train", *MINING_STAGES}
 
 def _with_session(args, work: Callable) -> int:
     config = load_config(args.conf, [x for group in args.set for x in group])
-    from deepmine.spark import build_session
+    from deepmine.core.spark import build_session
     spark = build_session(config)
     if args.command not in WRITES_LAKE:
         return work(spark, config)
-    from deepmine.lake import Lake
+    from deepmine.core.lake import Lake
     with Lake(spark, config.lake.root).lock(f"{args.command} run_date={args.date}"):
         return work(spark, config)
 
 
 def _stage_exit(spark, config, run_date: str, stage: str) -> int:
     """After one stage's command: 4 when the stage ended degraded (its reasons printed), else 0."""
-    from deepmine.lake import Lake
+    from deepmine.core.lake import Lake
     lake = Lake(spark, config.lake.root)
     record = lake.read_manifest(run_date)["stages"].get(stage, {})
     print(f"manifest: {lake.manifest_url(run_date)}")
@@ -156,7 +156,7 @@ def _stage_exit(spark, config, run_date: str, stage: str) -> int:
 
 
 def _ingest(args) -> int:
-    from deepmine.ingest import run_ingest, stage_name
+    from deepmine.data.ingest import run_ingest, stage_name
 
     def work(spark, config):
         counts = run_ingest(spark, config, args.date, args.input, args.entity, args.format)
@@ -171,8 +171,8 @@ def _nightly(args) -> int:
     def work(spark, config):
         result = run_nightly(spark, config, args.date, args.input, args.force)
         print(f"manifest: {result.manifest_url}")
-        from deepmine.lake import Lake
-        from deepmine.report import report_url
+        from deepmine.core.lake import Lake
+        from deepmine.ops.report import report_url
         lake = Lake(spark, config.lake.root)
         if lake.exists(report_url(lake, args.date)):
             print(f"report: {report_url(lake, args.date)}")
@@ -197,11 +197,12 @@ def _nightly(args) -> int:
 
 
 def _mining_stage(args) -> int:
-    from deepmine.nightly import _mining
+    from deepmine.nightly import STAGES
 
     def work(spark, config):
-        _mining(args.command)(spark, config, args.date, None)
-        from deepmine.lake import Lake
+        stage = next(s for s in STAGES if s.name == args.command)
+        stage.run(spark, config, args.date, None)
+        from deepmine.core.lake import Lake
         lake = Lake(spark, config.lake.root)
         outputs = lake.read_manifest(args.date)["stages"][args.command].get("outputs", {})
         for name, url in outputs.items():
@@ -213,14 +214,14 @@ def _mining_stage(args) -> int:
 def _doctor(args) -> int:
     def work(spark, config):
         import json
-        from deepmine.doctor import run_doctor
+        from deepmine.ops.doctor import run_doctor
         print(json.dumps(run_doctor(spark), indent=2))
         return 0
     return _with_session(args, work)
 
 
 def _train(args) -> int:
-    from deepmine.train import model_name, run_train
+    from deepmine.deep.train import model_name, run_train
 
     def work(spark, config):
         run_train(spark, config, args.date, args.model, args.target)
@@ -229,7 +230,7 @@ def _train(args) -> int:
 
 
 def _generate(args) -> int:
-    from deepmine.generate import generate_transactions
+    from deepmine.data.generate import generate_transactions
     truth = generate_transactions(args.out, lines=args.lines, seed=args.seed,
                                   dirty_rate=args.dirty_rate, start_date=args.start_date,
                                   days=args.days, customers=args.customers,
@@ -238,7 +239,7 @@ def _generate(args) -> int:
     print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()
                                             if not isinstance(v, dict)))
     if args.reviews:
-        from deepmine.generate_reviews import generate_reviews
+        from deepmine.data.generate_reviews import generate_reviews
         info = generate_reviews(args.out, args.reviews, args.seed, args.language,
                                 products=int(counts.get("products", 0) or 0),
                                 customers=int(counts.get("customers", 0) or 0),
@@ -249,7 +250,7 @@ def _generate(args) -> int:
 
 
 def _samples(args) -> int:
-    from deepmine.samples import write_samples
+    from deepmine.data.samples import write_samples
     only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
     result = write_samples(args.out, only)
     for name, info in result.items():
@@ -263,13 +264,13 @@ def _samples(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["submit"]:  # its options are spark-submit's business, not argparse's here
-        from deepmine.submit import main as submit_main
+        from deepmine.ops.submit import main as submit_main
         return submit_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (2), or --help (0)
         return e.code if isinstance(e.code, int) else EXIT_BAD_INPUT
-    from deepmine.lake import LakeLocked, LakeLockError
+    from deepmine.core.lake import LakeLocked, LakeLockError
     try:
         return args.handler(args)
     except LakeLocked as e:

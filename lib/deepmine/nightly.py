@@ -19,9 +19,9 @@ from typing import Callable
 
 from pyspark.sql import SparkSession
 
-from deepmine.config import Config, ConfigError
-from deepmine.ingest import run_ingest, stage_name
-from deepmine.lake import Lake, _now
+from deepmine.core.config import Config, ConfigError
+from deepmine.data.ingest import run_ingest, stage_name
+from deepmine.core.lake import Lake, _now
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def resolve_inputs(config: Config, transactions: str | None = None) -> NightlyIn
     """Where tonight's raw input is; synthetic transactions are made on first use if configured."""
     path = transactions or config.input.transactions
     if path and not transactions and config.input.generate_if_missing and not Path(path).exists():
-        from deepmine.generate import generate_transactions
+        from deepmine.data.generate import generate_transactions
         g = config.generate
         out = Path(path).parent
         print(f"[nightly] no input at {path}: generating {g.lines} synthetic lines into {out}")
@@ -65,18 +65,18 @@ def _ingest(entity: str) -> Callable[[SparkSession, Config, str, NightlyInputs],
     return run
 
 
-def _mining(name: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
-    """A stage that reads the lake only: `deepmine.<name>.run_<name>(spark, config, run_date)`."""
+def _lake_stage(module_name: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
+    """A stage that reads the lake only: `deepmine.<group>.<name>.run_<name>(spark, config, run_date)`."""
     def run(spark: SparkSession, config: Config, run_date: str, inputs: NightlyInputs) -> dict:
         import importlib
-        module = importlib.import_module(f"deepmine.{name}")
-        return getattr(module, f"run_{name}")(spark, config, run_date)
+        module = importlib.import_module(f"deepmine.{module_name}")
+        return getattr(module, f"run_{module_name.rsplit('.', 1)[-1]}")(spark, config, run_date)
     return run
 
 
 def _training(model: str, target: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
     def run(spark: SparkSession, config: Config, run_date: str, inputs: NightlyInputs) -> dict:
-        from deepmine.train import run_train
+        from deepmine.deep.train import run_train
         return run_train(spark, config, run_date, model, target)
     return run
 
@@ -92,22 +92,22 @@ STAGES: list[Stage] = [
           applies=lambda config, inputs: bool(inputs.images)),
     Stage(stage_name("reviews"), _ingest("reviews"), ("clean/reviews", "quarantine/reviews"),
           "dt", applies=lambda config, inputs: bool(inputs.reviews)),
-    Stage("rfm", _mining("rfm"), ("mining/rfm", "mining/rfm_segments"),
+    Stage("rfm", _lake_stage("mining.rfm"), ("mining/rfm", "mining/rfm_segments"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
-    Stage("churn", _mining("churn"), ("mining/churn",),
+    Stage("churn", _lake_stage("mining.churn"), ("mining/churn",),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
-    Stage("forecast", _mining("forecast"), ("mining/forecast",),
+    Stage("forecast", _lake_stage("mining.forecast"), ("mining/forecast",),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
-    Stage("rules", _mining("rules"), ("mining/itemsets", "mining/rules"),
+    Stage("rules", _lake_stage("mining.rules"), ("mining/itemsets", "mining/rules"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     # implicit feedback learns from purchases, explicit from ratings
-    Stage("recommend", _mining("recommend"), ("mining/recommendations",),
+    Stage("recommend", _lake_stage("mining.recommend"), ("mining/recommendations",),
           applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
                                               else inputs.transactions),
           needs=("ingest", "ingest_ratings")),
     # features and training: images always (Fashion-MNIST or synthetic when none were ingested),
     # customers where there are transactions (RFM values from mining/rfm when it ran)
-    Stage("features", _mining("features"), ("features/images",),
+    Stage("features", _lake_stage("deep.features"), ("features/images",),
           needs=("ingest", "ingest_images", "ingest_reviews", "rfm")),
     Stage("train_autoencoder_customers", _training("autoencoder", "customers"),
           ("models/autoencoder_customers", "predictions/autoencoder_customers"),
@@ -120,10 +120,10 @@ STAGES: list[Stage] = [
     *[Stage(f"train_{m}", _training(m, "reviews"), (f"models/{m}", f"predictions/{m}"),
             applies=lambda config, inputs: bool(inputs.reviews), needs=("features",))
       for m in ("textcnn", "textrnn")],
-    Stage("review_summary", _mining("review_summary"), ("mining/review_summary",),
+    Stage("review_summary", _lake_stage("mining.review_summary"), ("mining/review_summary",),
           applies=lambda config, inputs: bool(inputs.reviews), needs=("ingest_reviews",)),
     # the report needs nothing: on a failed night it is the page that shows what failed
-    Stage("report", _mining("report"), (), summarizes=True),
+    Stage("report", _lake_stage("ops.report"), (), summarizes=True),
 ]
 
 

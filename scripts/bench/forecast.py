@@ -1,9 +1,9 @@
-"""Demand forecasts: series per second, Spark's groupBy().applyInPandas (deepmine.forecast) against
+"""Demand forecasts: series per second, Spark's groupBy().applyInPandas (deepmine.mining.forecast) against
 statsforecast's own multi-process run (`StatsForecast(n_jobs=...)`) on the same series.
 
 For each size (number of series): weekly series of `--periods` (130) periods (a level per series, a yearly
 sine, a trend and Poisson noise; seeded), the same work on both sides with the same models:
-  spark          deepmine.forecast.forecasts: per series a rolling-origin backtest of
+  spark          deepmine.mining.forecast.forecasts: per series a rolling-origin backtest of
                  `--windows` windows of `--horizon` periods, the choice, the refit and the
                  forecast with 80% intervals, in Python workers (`--cores` of local[N])
   statsforecast  StatsForecast(models, freq="W-MON", n_jobs=--cores): cross_validation over the
@@ -49,7 +49,7 @@ def make_series(n: int, periods: int, seed: int = 0) -> pd.DataFrame:
 
 
 def _statsforecast_models(names: list[str], season: int, auto_season: int):
-    from deepmine.forecast import _model
+    from deepmine.mining.forecast import _model
     models = []
     for name in names:
         model = _model(name, season, auto_season)
@@ -60,7 +60,7 @@ def _statsforecast_models(names: list[str], season: int, auto_season: int):
 
 def run_statsforecast(series: pd.DataFrame, cfg, cores: int) -> float:
     from statsforecast import StatsForecast
-    from deepmine.forecast import season_length
+    from deepmine.mining.forecast import season_length
     m = season_length(cfg)
     first = series.groupby("series_id").size().min() - cfg.backtest_windows * cfg.horizon
     season = m if first >= 2 * m else 1
@@ -81,7 +81,7 @@ def run_statsforecast(series: pd.DataFrame, cfg, cores: int) -> float:
 
 
 def run_spark(spark, series: pd.DataFrame, cfg, run_date: str) -> float:
-    from deepmine.forecast import forecasts
+    from deepmine.mining.forecast import forecasts
     start = time.perf_counter()
     frame = spark.createDataFrame(series, "series_id string, ds date, y double")
     rows = forecasts(frame, cfg, run_date).collect()
@@ -100,9 +100,9 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     warnings.simplefilter("ignore")
-    from deepmine.config import load_config
-    from deepmine.forecast import shift
-    from deepmine.spark import build_session
+    from deepmine.core.config import load_config
+    from deepmine.mining.forecast import shift
+    from deepmine.core.spark import build_session
     config = load_config(None, [
         "spark.ui_enabled=false", f"spark.master=local[{args.cores}]",
         f"spark.shuffle_partitions={4 * args.cores}", "forecast.frequency=week",

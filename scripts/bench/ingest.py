@@ -168,10 +168,10 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
-    from deepmine.config import load_config
-    from deepmine.generate import generate_transactions
-    from deepmine.ingest import run_ingest
-    from deepmine.spark import build_session
+    from deepmine.core.config import load_config
+    from deepmine.data.generate import generate_transactions
+    from deepmine.data.ingest import run_ingest
+    from deepmine.core.spark import build_session
     try:
         import duckdb  # noqa: F401
         engines = ["spark", "pyarrow", "duckdb"]

@@ -4,7 +4,7 @@
 
 Writes a feature table like features/customers (row_id + a list<float> vector, equal row groups)
 with pyarrow under --dir, then reads it for one epoch:
-  petastorm   deepmine.loader.open_loader (make_batch_reader + BatchedDataLoader), as one rank
+  petastorm   deepmine.deep.loader.open_loader (make_batch_reader + BatchedDataLoader), as one rank
               reading every row group, with the dummy (deterministic) and the thread reader pool,
               and with Petastorm's own list-column conversion (columnar=False) for comparison
   ceiling     pyarrow.dataset batches turned straight into torch tensors (no Petastorm)
@@ -43,7 +43,7 @@ def write_table(path: Path, rows: int, dim: int, row_groups: int) -> None:
 
 def petastorm_epoch(urls: list[str], batch: int, pool: str,
                     columnar: bool = True) -> tuple[int, float]:
-    from deepmine.loader import open_loader
+    from deepmine.deep.loader import open_loader
     rows, t0 = 0, time.perf_counter()
     with open_loader(urls, 0, 1, ["row_id", "features"], batch, seed=1, pool=pool,
                      columnar=columnar) as loader:

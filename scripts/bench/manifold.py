@@ -24,7 +24,7 @@ from results import publish
 
 def fashion_mnist(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """The first `n` of all 70,000 images (train then test) in a seeded order, as [0, 1] floats."""
-    from deepmine.samples import read_idx, source_paths
+    from deepmine.data.samples import read_idx, source_paths
     paths = source_paths("fashion_mnist")  # SampleUnavailable, with the install command, if not
 
     def load(kind: str) -> np.ndarray:
@@ -38,10 +38,10 @@ def pretrain(x: np.ndarray, kind: str, contrastive: float, epochs: int, lr: floa
              seed: int) -> np.ndarray:
     """Embeddings of `x` after `epochs` of the trainer's pretraining loss (`pretrain_loss`) for
     the `kind` image autoencoder with `train.contrastive_weight` = `contrastive`."""
-    from deepmine.config import load_config
-    from deepmine.models import build
-    from deepmine.train import image_autoencoder_spec
-    from deepmine.trainer import pretrain_loss
+    from deepmine.core.config import load_config
+    from deepmine.deep.models import build
+    from deepmine.deep.train import image_autoencoder_spec
+    from deepmine.deep.trainer import pretrain_loss
     config = load_config(None, [f"train.image_autoencoder={kind}",
                                 f"train.contrastive_weight={contrastive}"])
     torch.manual_seed(seed)
@@ -69,8 +69,8 @@ def pretrain(x: np.ndarray, kind: str, contrastive: float, epochs: int, lr: floa
 def main() -> None:
     from sklearn.cluster import KMeans
 
-    from deepmine.metrics import clustering_scores
-    from deepmine.trainer import manifold_mixture, umap_manifold
+    from deepmine.core.metrics import clustering_scores
+    from deepmine.deep.trainer import manifold_mixture, umap_manifold
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=70000)
     p.add_argument("--autoencoder", default="conv", choices=["conv", "dense"])

@@ -5,17 +5,17 @@ its baseline on the same data, as mean and spread over `--seeds`.
         [--sets fashion,digits8,shapes16_inverted,strokes28] [--models cnn,autoencoder]
         [--set train.budget_seconds=60 ...]
 
-Each (set, seed) trains through the stage itself (`deepmine.train.run_train`, Horovod ranks from
+Each (set, seed) trains through the stage itself (`deepmine.deep.train.run_train`, Horovod ranks from
 Spark) on a lake of its own under --dir, with `train.seed` = the seed; `fashion` is Fashion-MNIST
 through the features stage (its Debian package; `features.image_limit_*` of the config decide how
-many images), the others come from `deepmine.imagesets`. The figures are the stage's own
+many images), the others come from `deepmine.data.imagesets`. The figures are the stage's own
 manifest metrics: CNN test accuracy beside the majority class and logistic regression on the
 pixels; cluster_acc and NMI beside K-means on the raw pixels; the stage status. With
 `--set train.budget_seconds=0` and conf/full.yaml it reruns the README's full-config figures
 (about 40 minutes per seed on 2 CPU cores).
 
 The baselines are computed here too, from the feature table, so the script also measures code
-from before the quality gates (PYTHONPATH=<old checkout>/lib, with lib/deepmine/imagesets.py
+from before the quality gates (PYTHONPATH=<old checkout>/lib, with lib/deepmine/data/imagesets.py
 copied in).
 """
 from __future__ import annotations
@@ -34,8 +34,8 @@ D = "2026-11-22"
 
 
 def _lake_for(spark, conf: str | None, overrides: list[str], root: Path, name: str, seed: int):
-    from deepmine import imagesets
-    from deepmine.config import load_config
+    from deepmine.data import imagesets
+    from deepmine.core.config import load_config
     if root.exists():
         shutil.rmtree(root)
     side = {"digits8": 8, "shapes16_inverted": 16}.get(name, 28)
@@ -43,7 +43,7 @@ def _lake_for(spark, conf: str | None, overrides: list[str], root: Path, name: s
                                 f"images.height={side}", f"images.width={side}",
                                 *overrides, f"train.seed={seed}"])
     if name == "fashion":
-        from deepmine.features import run_features
+        from deepmine.deep.features import run_features
         config.features.image_source = "fashion_mnist"
         run_features(spark, config, D)
     else:
@@ -59,8 +59,8 @@ def _baselines(spark, config) -> dict:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from deepmine.lake import Lake
-    from deepmine.metrics import clustering_scores
+    from deepmine.core.lake import Lake
+    from deepmine.core.metrics import clustering_scores
     rows = Lake(spark, config.lake.root).read("features/images", f"run_date={D}") \
         .where("label >= 0").select("row_id", "split", "label", "features").toPandas()
     x = np.stack(rows["features"].to_numpy()).astype(np.float32)
@@ -89,10 +89,10 @@ def main() -> None:
     p.add_argument("--dir", default="/tmp/deepmine-bench-quality")
     p.add_argument("--label", default="", help="a name for this code version in the results")
     a = p.parse_args()
-    from deepmine.config import load_config
-    from deepmine.lake import Lake
-    from deepmine.spark import build_session
-    from deepmine.train import run_train
+    from deepmine.core.config import load_config
+    from deepmine.core.lake import Lake
+    from deepmine.core.spark import build_session
+    from deepmine.deep.train import run_train
     spark = build_session(load_config(a.conf, ["spark.ui_enabled=false", *a.overrides]))
     runs = []
     for name in a.sets.split(","):

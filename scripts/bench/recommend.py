@@ -1,6 +1,6 @@
 """Recommendations: ALS fit + evaluate time and quality on real data, fit time on generated data.
 
-With recommend's defaults (lib/deepmine/config.py, RecommendConfig) unless overridden by --set:
+With recommend's defaults (lib/deepmine/core/config.py, RecommendConfig) unless overridden by --set:
   movielens   MovieLens 100k, explicit: per split seed, the tuning as the stage runs it (grid and
               explicit model chosen on a validation split cut from the 80% training part, when
               recommend.tune) and the random 80/20 evaluation (fit on 80%, predict 20%), each
@@ -55,9 +55,9 @@ def main() -> None:
 
     from pyspark.sql import functions as F
 
-    from deepmine import recommend as rec
-    from deepmine.config import load_config
-    from deepmine.spark import build_session
+    from deepmine.mining import recommend as rec
+    from deepmine.core.config import load_config
+    from deepmine.core.spark import build_session
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deepmine-bench-recommend-"))
     overrides = [f"lake.root={work / 'lake'}", "spark.ui_enabled=false", *args.set]
@@ -106,7 +106,7 @@ def main() -> None:
               f"top-N {top_s}s", flush=True)
         return row
 
-    from deepmine.samples import SampleUnavailable, write_samples
+    from deepmine.data.samples import SampleUnavailable, write_samples
 
     if "movielens" not in args.skip:
         try:
@@ -153,7 +153,7 @@ def main() -> None:
             table.append(row)
 
     if "generated" not in args.skip:
-        from deepmine.generate import generate_transactions
+        from deepmine.data.generate import generate_transactions
         results["generated"] = []
         for n in args.sizes:
             out = work / f"gen-{n}"

@@ -1,9 +1,9 @@
-"""RFM: the Spark stage (deepmine.rfm) against a pandas groupby of the same lines, side by side.
+"""RFM: the Spark stage (deepmine.mining.rfm) against a pandas groupby of the same lines, side by side.
 
 For each size (lines): generate N lines with no dirty lines, put them into the lake's
 clean/transactions as Spark reads them (not timed), then time
-  spark_table  deepmine.rfm.rfm_table (R/F/M values, quintile scores, segments) written to Parquet
-  spark_stage  deepmine.rfm.run_rfm: the same plus K-means over [rfm.k_min, rfm.k_max] with
+  spark_table  deepmine.mining.rfm.rfm_table (R/F/M values, quintile scores, segments) written to Parquet
+  spark_stage  deepmine.mining.rfm.run_rfm: the same plus K-means over [rfm.k_min, rfm.k_max] with
                rfm.n_init runs per k, both lake tables published, the manifest written
   pandas       one process: read the same Parquet lines, groupby per customer, the same scores
                and segments (no clustering)
@@ -36,7 +36,7 @@ from results import publish
 
 def pandas_rfm(lines: pd.DataFrame, run_date: str, returns: str = "net") -> pd.DataFrame:
     """The RFM table with plain pandas, as rfm.py's docstring defines it."""
-    from deepmine.rfm import SEGMENT_GRID
+    from deepmine.mining.rfm import SEGMENT_GRID
 
     day = pd.Timestamp(run_date)
     lines = lines[lines["invoice_ts"] < day + pd.Timedelta(days=1)]
@@ -103,7 +103,7 @@ def load_clean(spark, lake, csv_path: Path, run_date: str) -> None:
     """The generated lines into clean/transactions (no dirty lines: nothing to quarantine)."""
     from pyspark.sql import functions as F
 
-    from deepmine.schemas import CLEAN_TRANSACTIONS
+    from deepmine.core.schemas import CLEAN_TRANSACTIONS
     lines = (spark.read.option("header", True)
              .schema("invoice_id string, customer_id string, product_id string, quantity long, "
                      "unit_price double, invoice_ts timestamp, country string")
@@ -125,11 +125,11 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
-    from deepmine import rfm
-    from deepmine.config import load_config
-    from deepmine.generate import generate_transactions
-    from deepmine.lake import Lake
-    from deepmine.spark import build_session
+    from deepmine.mining import rfm
+    from deepmine.core.config import load_config
+    from deepmine.data.generate import generate_transactions
+    from deepmine.core.lake import Lake
+    from deepmine.core.spark import build_session
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deepmine-bench-rfm-"))
     rows = []

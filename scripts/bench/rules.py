@@ -1,9 +1,9 @@
-"""Association rules: Spark FPGrowth (deepmine.rules) against mlxtend's fpgrowth, same baskets.
+"""Association rules: Spark FPGrowth (deepmine.mining.rules) against mlxtend's fpgrowth, same baskets.
 
 For each size (number of baskets wanted): generate about 4.5 lines per basket, build the baskets
 once with Spark (one per purchase invoice, as the rules stage does) and write them to Parquet;
 then time, on those same baskets,
-  spark    deepmine.rules.frequent_itemsets + association_rules (mining, capping, every metric),
+  spark    deepmine.mining.rules.frequent_itemsets + association_rules (mining, capping, every metric),
            results collected
   mlxtend  in a child process with a time limit and a memory cap: read the baskets, one-hot encode
            every product (what mlxtend's TransactionEncoder gives), fpgrowth(max_len) and
@@ -113,7 +113,7 @@ def run_mlxtend(baskets_path: Path, out_path: Path, args, encoding: str) -> dict
 def make_baskets(spark, csv_path: Path, out: Path, partitions: int) -> int:
     from pyspark.sql import functions as F
 
-    from deepmine.rules import baskets
+    from deepmine.mining.rules import baskets
     lines = (spark.read.option("header", True)
              .schema("invoice_id string, customer_id string, product_id string, quantity long, "
                      "unit_price double, invoice_ts string, country string")
@@ -123,7 +123,7 @@ def make_baskets(spark, csv_path: Path, out: Path, partitions: int) -> int:
 
 
 def run_spark(spark, baskets_path: Path, n_baskets: int, args, partitions: int) -> dict:
-    from deepmine import rules
+    from deepmine.mining import rules
     t0 = time.perf_counter()
     basket_df = spark.read.parquet(str(baskets_path)).persist()
     basket_df.count()
@@ -169,9 +169,9 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
-    from deepmine.config import load_config
-    from deepmine.generate import generate_transactions
-    from deepmine.spark import build_session
+    from deepmine.core.config import load_config
+    from deepmine.data.generate import generate_transactions
+    from deepmine.core.spark import build_session
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="deepmine-bench-rules-"))
     config = load_config(args.conf, [f"lake.root={work / 'lake'}", "spark.ui_enabled=false"])

@@ -6,7 +6,7 @@
 Writes synthetic 28x28 images (for the text models: reviews of random token ids, 200 per row, a
 vocabulary of 20,000, the real length uniform in 20..200, the rest padding; `--images` is then
 the number of reviews) as a feature table (equal row groups, like features/images) with pyarrow,
-runs `deepmine.trainer.train` for one epoch per rank count through `horovodrun`, and
+runs `deepmine.deep.trainer.train` for one epoch per rank count through `horovodrun`, and
 prints samples/s and the scaling efficiency (samples/s with N ranks / (N x with 1 rank)). On a
 machine with a GPU (train device auto) the same command measures the GPU, loader included.
 """
@@ -25,7 +25,7 @@ from results import publish
 
 
 def write_images(path: Path, n: int, row_groups: int) -> None:
-    from deepmine.features import synthetic_images
+    from deepmine.deep.features import synthetic_images
     path.mkdir(parents=True, exist_ok=True)
     pixels, labels = synthetic_images(n, 28, 28, seed=0)
     flat = (pixels.reshape(n, -1) / np.float32(255)).astype(np.float32)
@@ -59,8 +59,8 @@ def write_reviews(path: Path, n: int, row_groups: int) -> None:
 
 
 def main() -> None:
-    from deepmine.train import horovodrun_command
-    from deepmine.trainer import CheckpointStore, TrainArgs
+    from deepmine.deep.train import horovodrun_command
+    from deepmine.deep.trainer import CheckpointStore, TrainArgs
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--images", type=int, default=60000)
     p.add_argument("--ranks", default="1,2")
@@ -77,7 +77,7 @@ def main() -> None:
     if not data.exists():
         (write_reviews if text else write_images)(data, a.images, 8)
     urls = [f.as_uri() for f in sorted(data.glob("*.parquet"))]
-    if text:  # as deepmine.train_text.text_spec builds it with the default text config
+    if text:  # as deepmine.deep.train_text.text_spec builds it with the default text config
         spec = {"kind": a.model, "vocab_size": TEXT_VOCAB + 2, "embedding_dim": 64,
                 "n_classes": 2, "max_tokens": TEXT_TOKENS}
         extra = {"task": "cnn", "epochs": 1}
@@ -85,8 +85,8 @@ def main() -> None:
         spec = {"kind": "cnn", "height": 28, "width": 28, "n_classes": 10}
         extra = {"task": "cnn", "epochs": 1}
     else:  # the image autoencoder as the trainer builds it (train.image_autoencoder)
-        from deepmine.config import load_config
-        from deepmine.train import image_autoencoder_spec
+        from deepmine.core.config import load_config
+        from deepmine.deep.train import image_autoencoder_spec
         kind = {"conv_dec": "conv", "dense_dec": "dense"}[a.model]
         spec = image_autoencoder_spec(load_config(None, [
             f"train.image_autoencoder={kind}", f"train.contrastive_weight={a.contrastive}"]))

@@ -90,7 +90,7 @@ class InputConfig:
 
 @dataclass
 class RfmConfig:
-    """RFM scores, named segments and K-means customer clusters (lib/deepmine/rfm.py)."""
+    """RFM scores, named segments and K-means customer clusters (lib/deepmine/mining/rfm.py)."""
     k_min: int = 2  # K-means k is chosen by silhouette over [k_min, k_max]
     k_max: int = 6
     seed: int = 42  # K-means seed: same input + seed -> same clusters
@@ -110,7 +110,7 @@ class RfmConfig:
 
 @dataclass
 class RulesConfig:
-    """FP-growth frequent itemsets and association rules (lib/deepmine/rules.py)."""
+    """FP-growth frequent itemsets and association rules (lib/deepmine/mining/rules.py)."""
     min_support: float = 0.01  # a fraction of baskets
     min_confidence: float = 0.3
     max_len: int = 3  # the longest itemset mined; rules come from itemsets up to this length
@@ -122,7 +122,7 @@ class RulesConfig:
 
 @dataclass
 class ChurnConfig:
-    """Churn risk and next-period spend per customer (lib/deepmine/churn.py)."""
+    """Churn risk and next-period spend per customer (lib/deepmine/mining/churn.py)."""
     horizon_days: int = 90  # churned = no purchase in (D, D + horizon_days]
     # cutoffs whose examples are stacked: D - horizon_days (the latest whose labels are known by
     # D), then each cutoff_step_days earlier (0 = one horizon apart)
@@ -145,7 +145,7 @@ class ChurnConfig:
 
 @dataclass
 class ForecastConfig:
-    """Demand forecasts per product, category or in total (lib/deepmine/forecast.py)."""
+    """Demand forecasts per product, category or in total (lib/deepmine/mining/forecast.py)."""
     frequency: Literal["day", "week", "month"] = "week"  # period of the series (weeks start Monday)
     horizon: int = 8  # periods forecast after the last complete period ending by D
     # series: one per product, per category (input.products names each product's category), or
@@ -178,7 +178,7 @@ class ForecastConfig:
 
 @dataclass
 class RecommendConfig:
-    """ALS recommendations and their evaluation (lib/deepmine/recommend.py)."""
+    """ALS recommendations and their evaluation (lib/deepmine/mining/recommend.py)."""
     # implicit: purchase counts from clean/transactions; explicit: ratings from clean/ratings
     feedback: Literal["implicit", "explicit"] = "implicit"
     top_n: int = 10  # recommendations per customer in mining/recommendations
@@ -211,7 +211,7 @@ class RecommendConfig:
     test_fraction: float = 0.2
     # grid search over these on a validation split cut from the training part (the same kind of
     # split as the evaluation's, cut again from its training part), fit in numpy on the driver
-    # (lib/deepmine/als_grid.py: Spark ALS's objective, a fraction of a second per point on the
+    # (lib/deepmine/mining/als_grid.py: Spark ALS's objective, a fraction of a second per point on the
     # nightly's data, where one Spark fit and its scoring took about 6.5 s); the best point (NDCG@k
     # implicit, RMSE explicit) replaces rank/reg_param/alpha above only when it beats them on the
     # validation split by more than three paired standard errors, then it is used for the
@@ -231,7 +231,7 @@ class RecommendConfig:
 @dataclass
 class TextConfig:
     """Product reviews: ingest checks, labels, text preparation and the baseline
-    (lib/deepmine/text.py)."""
+    (lib/deepmine/deep/text.py)."""
     # labels from the star rating: positive from positive_min, negative up to negative_max; the
     # reviews between are scored but not trained on
     positive_min: float = 4.0
@@ -265,7 +265,7 @@ class NightlyConfig:
 
 @dataclass
 class ReportConfig:
-    """The run report (lib/deepmine/report.py)."""
+    """The run report (lib/deepmine/ops/report.py)."""
     psi_threshold: float = 0.2  # a feature whose PSI against the previous run exceeds this is flagged
 
 
@@ -280,7 +280,7 @@ class ImagesConfig:
 
 @dataclass
 class FeaturesConfig:
-    """Feature tables for training (lib/deepmine/features.py): `features/customers`, `features/images`."""
+    """Feature tables for training (lib/deepmine/deep/features.py): `features/customers`, `features/images`."""
     # row groups per table (per split for images), each in its own file and of equal size (+-1 row):
     # Petastorm shards by row group, so this must be a multiple of train.num_proc for a fair share
     row_groups: int = 8
@@ -301,7 +301,7 @@ class FeaturesConfig:
 
 @dataclass
 class TrainConfig:
-    """Horovod-launched PyTorch training (lib/deepmine/train.py, trainer.py, models/).
+    """Horovod-launched PyTorch training (lib/deepmine/deep/train.py, trainer.py, models/).
 
     The defaults are the small nightly on 2 CPU cores; conf/full.yaml is the full-run config that
     reaches the quality targets (CNN test accuracy, image deep clustering)."""

@@ -1,6 +1,6 @@
 """Review summary: `mining/review_summary/run_date=D`, per product: reviews, mean predicted
 sentiment, share predicted negative, and the terms that most set its negative reviews apart
-from its positive ones (deepmine.text.review_summary).
+from its positive ones (deepmine.deep.text.review_summary).
 
 The predictions come from the text model with the best test AUC among tonight's text stages
 that ended `ok` (train_textcnn, train_textrnn); when neither did, from the TF-IDF + logistic
@@ -10,11 +10,11 @@ from __future__ import annotations
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deepmine.config import Config
-from deepmine.lake import Lake, StageRun
-from deepmine.features import latest_versions
-from deepmine.text import prepare, review_summary
-from deepmine.train_text import BASELINE, baseline_predictions
+from deepmine.core.config import Config
+from deepmine.core.lake import Lake, StageRun
+from deepmine.deep.features import latest_versions
+from deepmine.deep.text import prepare, review_summary
+from deepmine.deep.train_text import BASELINE, baseline_predictions
 
 TEXT_STAGES = ("train_textcnn", "train_textrnn")
 

@@ -43,7 +43,7 @@ def make(name: str, n: int = 0, seed: int = 0, unlabelled: float = 0.0
          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(pixels, labels, splits) of set `name` (`SETS`): n rows (0 = the set's own size), a
     seeded sixth of them `test`, and a share `unlabelled` of the training rows labelled -1."""
-    from deepmine.features import synthetic_images
+    from deepmine.deep.features import synthetic_images
     if name == "digits8":
         pixels, labels = digits8()
     elif name == "shapes16_inverted":
@@ -74,9 +74,9 @@ def publish_image_features(spark, config, run_date: str, pixels: np.ndarray, lab
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from deepmine.features import (decode_pixels, publish_for_petastorm, row_group_layout,
+    from deepmine.deep.features import (decode_pixels, publish_for_petastorm, row_group_layout,
                                    with_row_ids)
-    from deepmine.lake import Lake
+    from deepmine.core.lake import Lake
     n = len(labels)
     flat = pixels.reshape(n, -1)
     pdf = pd.DataFrame({"image_id": [f"img-{i:06d}" for i in range(n)],

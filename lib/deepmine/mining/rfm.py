@@ -52,8 +52,8 @@ from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from deepmine.config import Config, ConfigError, RfmConfig
-from deepmine.lake import Lake, StageRun
+from deepmine.core.config import Config, ConfigError, RfmConfig
+from deepmine.core.lake import Lake, StageRun
 
 RETURN_POLICIES = ("net", "ignore")
 

@@ -6,7 +6,7 @@ standardized over the customers (mean 0, sd 1), in this order (names also in the
 
 - `recency_days`, `frequency`, `monetary`: log1p (net monetary below 0 taken as 0). Taken from
   `mining/rfm/run_date=D` when the RFM stage has run for D, else computed from the clean
-  transactions the same way (`deepmine.rfm.rfm_values`).
+  transactions the same way (`deepmine.mining.rfm.rfm_values`).
 - basket statistics over purchase lines: `lines_per_invoice`, `items_per_invoice`,
   `spend_per_invoice`, `distinct_products`, `tenure_days` (first purchase to D), all log1p, and
   `return_line_share` (return lines / all lines).
@@ -50,8 +50,8 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from deepmine.config import Config, ConfigError
-from deepmine.lake import Lake, StageRun
+from deepmine.core.config import Config, ConfigError
+from deepmine.core.lake import Lake, StageRun
 
 RFM_FEATURES = ("recency_days", "frequency", "monetary")
 BASKET_FEATURES = ("lines_per_invoice", "items_per_invoice", "spend_per_invoice",
@@ -78,7 +78,7 @@ def _share_column(category: str) -> str:
 def customer_feature_values(transactions: DataFrame, run_date: str, rfm: DataFrame,
                             products: DataFrame | None, categories: list[str]) -> DataFrame:
     """customer_id + one raw (unscaled) column per feature, for the customers in `rfm`."""
-    from deepmine.rfm import end_of_day
+    from deepmine.mining.rfm import end_of_day
     lines = transactions.where(F.col("invoice_ts") < F.lit(end_of_day(run_date)))
     purchase = ~F.col("is_return")
     amount = F.coalesce(F.col("quantity") * F.col("unit_price"), F.lit(0.0))
@@ -237,7 +237,7 @@ def image_source(spark: SparkSession, lake: Lake, config: Config, run_date: str
             .select("image_id", "label", "pixels", "split")
         if not clean.isEmpty():
             return clean, "clean/images"
-    from deepmine import samples
+    from deepmine.data import samples
     h, w = config.images.height, config.images.width
     try:
         if source == "synthetic":
@@ -374,7 +374,7 @@ def one_row_group_per_file(spark: SparkSession) -> Iterator[None]:
 
 def publish_for_petastorm(lake: Lake, df: DataFrame, table: str, partition: str) -> dict[str, Any]:
     """Publish `df` (already laid out) with one row group per file; returns the layout found."""
-    from deepmine.loader import parquet_parts
+    from deepmine.deep.loader import parquet_parts
     with one_row_group_per_file(lake.spark):
         rows = lake.publish(df, table, partition)
     parts = parquet_parts(lake.partition_url(table, partition))
@@ -392,7 +392,7 @@ def _publish_review_features(lake: Lake, config: Config, run_date: str,
     import io
     import json
 
-    from deepmine.text import VOCABULARY, review_features
+    from deepmine.deep.text import VOCABULARY, review_features
     partition = f"run_date={run_date}"
     cfg = config.features
     reviews = latest_versions(lake.read_history("clean/reviews", run_date), "review_id")
@@ -426,7 +426,7 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
             if lake.has_partition("mining/rfm", partition):
                 rfm, rfm_source = lake.read("mining/rfm", partition), "mining/rfm"
             else:
-                from deepmine.rfm import rfm_values
+                from deepmine.mining.rfm import rfm_values
                 rfm, rfm_source = rfm_values(transactions, run_date, config.rfm.returns), \
                     "clean/transactions"
             products = read_products(spark, config.input.products)

@@ -42,7 +42,7 @@ from typing import Any, Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deepmine.schemas import TABLES, check_schema
+from deepmine.core.schemas import TABLES, check_schema
 
 
 SUCCESS = "_SUCCESS"  # a partition's completeness marker, written last

@@ -37,10 +37,10 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from deepmine.config import ChurnConfig, Config, ConfigError
-from deepmine.lake import Lake, StageRun
-from deepmine.metrics import roc_points
-from deepmine.rfm import end_of_day, rfm_scores, rfm_values
+from deepmine.core.config import ChurnConfig, Config, ConfigError
+from deepmine.core.lake import Lake, StageRun
+from deepmine.core.metrics import roc_points
+from deepmine.mining.rfm import end_of_day, rfm_scores, rfm_values
 
 FEATURES = (
     "recency_days", "frequency", "monetary", "r_score", "f_score", "m_score", "tenure_days",

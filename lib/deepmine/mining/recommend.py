@@ -29,7 +29,7 @@ Evaluation (`recommend.evaluate`), on a held-out split, before the final fit
 Tuning (`recommend.tune`, on by default): the training part is split again the same way, each
 point of tune_rank x tune_reg_param (x tune_alpha, implicit) is fit on the rest and scored on that
 validation part (NDCG@k implicit, RMSE explicit) by a numpy ALS on the driver with Spark ALS's
-objective (deepmine.als_grid: the grid costs a fraction of a second per point where Spark took
+objective (deepmine.mining.als_grid: the grid costs a fraction of a second per point where Spark took
 about 6.5 s). The best point replaces the configured one when it is better by more than three
 paired standard errors (als_grid.SEPARATION), and is used for the evaluation and the final fit; the
 grid (`tuning`) and the choice (`tuning_choice`: the point, its validation score, how many ratings
@@ -75,9 +75,9 @@ from pyspark.ml.recommendation import ALS, ALSModel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from deepmine import als_grid
-from deepmine.config import Config, ConfigError, RecommendConfig
-from deepmine.lake import Lake, StageRun
+from deepmine.mining import als_grid
+from deepmine.core.config import Config, ConfigError, RecommendConfig
+from deepmine.core.lake import Lake, StageRun
 
 CUSTOMER, PRODUCT = "customer_id", "product_id"
 STRENGTH = "strength"  # the ALS signal: purchase count (implicit) or rating (explicit)
@@ -651,7 +651,7 @@ def holdout(params: AlsParams, cfg: RecommendConfig, data: DataFrame,
 def tune(params: AlsParams, cfg: RecommendConfig,
          data: DataFrame) -> tuple[AlsParams, dict[str, Any]]:
     """Grid search on a validation split cut from the training part of the evaluation split of
-    `data` (the held-out test part is never seen), in numpy on the driver (deepmine.als_grid);
+    `data` (the held-out test part is never seen), in numpy on the driver (deepmine.mining.als_grid);
     returns the chosen parameters and the manifest's entries: `tuning` (every point's validation
     score), `tuning_choice` (the point, its score, whether the configured point was kept) and, for
     ratings unless recommend.explicit_model is als, `tuning_baseline_als` (every point fit on the

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import deepmine
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def build_pyfiles(out_dir: str | os.PathLike = REPO / "dist") -> Path:

@@ -1,7 +1,7 @@
 """The text models' part of `deepmine train --model textcnn|textrnn` (reviews): their spec, and
 their metrics beside the TF-IDF + logistic regression baseline on the same test reviews.
 
-Training itself is the classification loop every classifier here shares (deepmine.trainer, task
+Training itself is the classification loop every classifier here shares (deepmine.deep.trainer, task
 "cnn": Horovod ranks over the Petastorm shards of features/reviews, a seeded validation split of
 the labelled training reviews, early stopping, checkpoints and resume, retries on failure); the
 reviews labelled neither positive nor negative (-1) are left out of the loss as unlabelled
@@ -22,10 +22,10 @@ import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from deepmine.config import Config
-from deepmine.lake import Lake
-from deepmine.metrics import roc_points
-from deepmine.text import VOCABULARY, read_vocabulary, vocabulary_url
+from deepmine.core.config import Config
+from deepmine.core.lake import Lake
+from deepmine.core.metrics import roc_points
+from deepmine.deep.text import VOCABULARY, read_vocabulary, vocabulary_url
 
 BASELINE = "predictions/review_baseline"
 
@@ -44,8 +44,8 @@ def text_spec(config: Config, name: str, run_date: str) -> dict[str, Any]:
 def baseline_predictions(lake: Lake, config: Config, partition: str) -> DataFrame:
     """predictions/review_baseline for the run date: made (and published) on first use."""
     if not lake.has_partition(BASELINE, partition):
-        from deepmine.features import latest_versions
-        from deepmine.text import prepare, tfidf_baseline
+        from deepmine.deep.features import latest_versions
+        from deepmine.deep.text import prepare, tfidf_baseline
         run_date = partition.split("=", 1)[1]
         reviews = latest_versions(lake.read_history("clean/reviews", run_date), "review_id")
         predicted, _ = tfidf_baseline(prepare(reviews, config.text), config.text)
@@ -96,8 +96,8 @@ def text_metrics(args, final: dict, features: DataFrame, published: DataFrame, c
     """(metrics, extra files, degrade reasons) of a trained text model; `features` is the run
     date's features/reviews."""
     import torch
-    from deepmine.export import quantize_int8, torchscript_bytes
-    from deepmine.models import build
+    from deepmine.deep.export import quantize_int8, torchscript_bytes
+    from deepmine.deep.models import build
 
     test = features.where((F.col("split") == "test") & (F.col("label") >= 0)) \
         .select("review_id", "label")

@@ -44,10 +44,10 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from deepmine.config import Config, ConfigError, ForecastConfig
-from deepmine.lake import Lake, StageRun
-from deepmine.rfm import end_of_day
-from deepmine.schemas import MINING_FORECAST
+from deepmine.core.config import Config, ConfigError, ForecastConfig
+from deepmine.core.lake import Lake, StageRun
+from deepmine.mining.rfm import end_of_day
+from deepmine.core.schemas import MINING_FORECAST
 
 COMBINATION = "mean_of_models"
 MODELS = ("auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", COMBINATION)
@@ -364,7 +364,7 @@ def run_forecast(spark: SparkSession, config: Config, run_date: str) -> dict:
     partition = f"run_date={run_date}"
     products = None
     if cfg.level == "category":
-        from deepmine.features import read_products
+        from deepmine.deep.features import read_products
         products = read_products(spark, config.input.products)
         if products is None:
             series_key(None, "category", None)  # raises the ConfigError that says what to set

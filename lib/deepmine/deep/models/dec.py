@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepmine.models.contrastive import ProjectionHead
+from deepmine.deep.models.contrastive import ProjectionHead
 
 
 class ClusteringModel(nn.Module):

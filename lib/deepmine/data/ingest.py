@@ -35,8 +35,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from deepmine.config import Config, IngestConfig, TextConfig
-from deepmine.lake import Lake, StageRun, resolve_url
+from deepmine.core.config import Config, IngestConfig, TextConfig
+from deepmine.core.lake import Lake, StageRun, resolve_url
 
 FORMATS = ("csv", "json", "parquet")
 

@@ -3,12 +3,12 @@
 One stage per model (manifest names `train_cnn`, `train_textcnn`, `train_textrnn`,
 `train_autoencoder_customers`, `train_autoencoder_images`), each doing, for run date D:
 
-1. launch `deepmine.trainer.train` on `train.num_proc` Horovod ranks over the feature table's
+1. launch `deepmine.deep.trainer.train` on `train.num_proc` Horovod ranks over the feature table's
    Parquet files (`train.launcher`: `spark` = horovod.spark.run from this session, or
    `horovodrun` = a local horovodrun process, hosts from `train.hosts`); checkpoints every epoch
    in `models/<model>/_checkpoints/run_date=D/`, resumed when the stage is run again;
 2. publish `models/<model>/run_date=D/`: `weights.pt` (a state_dict; load with
-   `torch.load(..., weights_only=True)` into `deepmine.models.build(spec)`), `spec.json`,
+   `torch.load(..., weights_only=True)` into `deepmine.deep.models.build(spec)`), `spec.json`,
    `metrics.json`, `model.torchscript.pt` and, for the CNN, `model_int8.torchscript.pt`;
 3. batch inference over the whole feature table with Spark -> `predictions/<model>/run_date=D`;
 4. metrics into the manifest: CNN test accuracy, confusion matrix and int8 accuracy; for deep
@@ -38,13 +38,13 @@ import numpy as np
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from deepmine.config import Config, ConfigError
-from deepmine.lake import Lake, StageRun
-from deepmine.loader import parquet_parts, split_urls
-from deepmine.trainer import COLLAPSE_SHARE, CheckpointStore, TrainArgs, state_dict_bytes
+from deepmine.core.config import Config, ConfigError
+from deepmine.core.lake import Lake, StageRun
+from deepmine.deep.loader import parquet_parts, split_urls
+from deepmine.deep.trainer import COLLAPSE_SHARE, CheckpointStore, TrainArgs, state_dict_bytes
 
 MODELS = ("autoencoder", "cnn", "textcnn", "textrnn")
-TEXT_MODELS = ("textcnn", "textrnn")  # sentiment of reviews (deepmine.train_text)
+TEXT_MODELS = ("textcnn", "textrnn")  # sentiment of reviews (deepmine.deep.train_text)
 TARGETS = ("customers", "images", "reviews")
 CUSTOMER_HIDDEN = (64, 32)
 IMAGE_DENSE_HIDDEN = (500, 500, 2000)  # DEC's and N2D's layout (train.image_autoencoder: dense)
@@ -113,7 +113,7 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
                   max_retries=t.max_retries, recovery_lr_factor=t.recovery_lr_factor)
     h, w = config.images.height, config.images.width
     if name in TEXT_MODELS:
-        from deepmine.train_text import text_spec
+        from deepmine.deep.train_text import text_spec
         train_files, test_files = split_urls(parts, "train"), split_urls(parts, "test")
         args = TrainArgs(task="cnn", spec=text_spec(config, name, run_date),
                          train_urls=train_files, eval_urls=test_files, epochs=t.epochs, **common)
@@ -254,8 +254,8 @@ def launch(args: TrainArgs, config: Config) -> None:
     """Run `train(args)` on `train.num_proc` ranks with the configured launcher."""
     t = config.train
     if t.launcher == "spark":
-        from deepmine.launch import run_on_spark
-        from deepmine.trainer import train
+        from deepmine.deep.launch import run_on_spark
+        from deepmine.deep.trainer import train
         run_on_spark(train, num_proc=t.num_proc, args=(dataclasses.asdict(args),),
                      start_timeout=t.start_timeout)
     else:
@@ -263,13 +263,13 @@ def launch(args: TrainArgs, config: Config) -> None:
 
 
 def horovodrun_command(args_path: str, num_proc: int, hosts: str = "") -> list[str]:
-    """The horovodrun command line that runs `python -m deepmine.trainer ARGS.json` on each rank."""
+    """The horovodrun command line that runs `python -m deepmine.deep.trainer ARGS.json` on each rank."""
     runner = Path(sys.executable).with_name("horovodrun")
     command = [str(runner) if runner.exists() else "horovodrun", "-np", str(num_proc),
                "-H", hosts or f"localhost:{num_proc}", "--gloo"]
     if not hosts:
         command += ["--network-interface", "lo"]  # one machine: rendezvous on loopback only
-    return command + [sys.executable, "-m", "deepmine.trainer", args_path]
+    return command + [sys.executable, "-m", "deepmine.deep.trainer", args_path]
 
 
 def run_horovodrun(args: TrainArgs, num_proc: int, hosts: str = "", start_timeout: int = 120) -> None:
@@ -332,7 +332,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         weights = state_dict_bytes(final["model"])
         history = list(final["history"])
 
-        from deepmine.predict import predict
+        from deepmine.deep.predict import predict
         id_column = {"customers": "customer_id", "reviews": "review_id"}.get(target, "image_id")
         features = lake.read(table, partition)
         predictions = predict(features, args.spec, weights, id_column, f"predictions/{name}")
@@ -341,7 +341,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
 
         summary = final.get("summary", {})
         if name in TEXT_MODELS:
-            from deepmine.train_text import text_metrics
+            from deepmine.deep.train_text import text_metrics
             metrics, extra_files, reasons = text_metrics(args, final, features, published, config,
                                                          lake, partition)
         elif name == "cnn":
@@ -427,9 +427,9 @@ def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Co
     model, and the quality gate: the CNN must beat the majority class and match logistic
     regression on the pixels of the same split."""
     import torch
-    from deepmine.export import accuracy, quantize_int8, torchscript_bytes
-    from deepmine.metrics import confusion_matrix
-    from deepmine.models import build
+    from deepmine.deep.export import accuracy, quantize_int8, torchscript_bytes
+    from deepmine.core.metrics import confusion_matrix
+    from deepmine.deep.models import build
 
     n_classes = args.spec["n_classes"]
     joined = (predictions.join(features.select("image_id", "label", "split"), "image_id")
@@ -491,9 +491,9 @@ def _clustering_metrics(args: TrainArgs, final: dict, features, predictions, con
     K-means optimizes compactness in that very space, so it would win by construction."""
     import pandas as pd
     import torch
-    from deepmine.export import torchscript_bytes
-    from deepmine.metrics import clustering_scores, kmeans_baseline
-    from deepmine.models import build
+    from deepmine.deep.export import torchscript_bytes
+    from deepmine.core.metrics import clustering_scores, kmeans_baseline
+    from deepmine.deep.models import build
 
     t = config.train
     id_column = "customer_id" if target == "customers" else "image_id"

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
 
-from deepmine.schemas import TABLES
+from deepmine.core.schemas import TABLES
 
 
 def predict(features: DataFrame, spec: dict, weights: bytes, id_column: str, table: str) -> DataFrame:
@@ -32,7 +32,7 @@ def predict(features: DataFrame, spec: dict, weights: bytes, id_column: str, tab
 
     def infer(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         import torch
-        from deepmine.models import build
+        from deepmine.deep.models import build
         torch.set_num_threads(1)  # one task per core: no oversubscription
         model = build(json.loads(spec_text))
         model.load_state_dict(torch.load(io.BytesIO(shipped.value), weights_only=True))

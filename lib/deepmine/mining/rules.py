@@ -39,8 +39,8 @@ from pyspark.ml.fpm import FPGrowth
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deepmine.config import Config, ConfigError, RulesConfig
-from deepmine.lake import Lake, StageRun, resolve_url
+from deepmine.core.config import Config, ConfigError, RulesConfig
+from deepmine.core.lake import Lake, StageRun, resolve_url
 
 RULE_METRICS = ("antecedent support", "consequent support", "support", "confidence", "lift",
                 "leverage", "conviction", "zhangs_metric", "jaccard", "certainty", "kulczynski")

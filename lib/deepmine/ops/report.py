@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from pyspark.sql import SparkSession
 
-from deepmine.config import Config
-from deepmine.lake import Lake, StageRun
+from deepmine.core.config import Config
+from deepmine.core.lake import Lake, StageRun
 
 Section = tuple[str, str]  # (title, html body)
 

@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import nn
 
-from deepmine.models.autoencoder import ConvAutoencoder, DenseAutoencoder
-from deepmine.models.cnn import CNNClassifier
-from deepmine.models.dec import ClusteringModel, target_distribution
-from deepmine.models.text import TextCNN, TextRNN
+from deepmine.deep.models.autoencoder import ConvAutoencoder, DenseAutoencoder
+from deepmine.deep.models.cnn import CNNClassifier
+from deepmine.deep.models.dec import ClusteringModel, target_distribution
+from deepmine.deep.models.text import TextCNN, TextRNN
 
 __all__ = ["ConvAutoencoder", "DenseAutoencoder", "CNNClassifier", "ClusteringModel",
            "TextCNN", "TextRNN", "target_distribution", "build"]

@@ -69,7 +69,7 @@ MINING_RECOMMENDATIONS = T.StructType([
     T.StructField("source", T.StringType(), False),
 ])
 
-# mining/rfm/run_date=D: one row per customer with a purchase up to D (lib/deepmine/rfm.py).
+# mining/rfm/run_date=D: one row per customer with a purchase up to D (lib/deepmine/mining/rfm.py).
 MINING_RFM = T.StructType([
     T.StructField("customer_id", T.StringType(), False),
     T.StructField("recency_days", T.IntegerType(), False),
@@ -93,7 +93,7 @@ MINING_RFM_SEGMENTS = T.StructType([
     T.StructField("mean_monetary", T.DoubleType(), True),
 ])
 
-# mining/itemsets/run_date=D: frequent itemsets (lib/deepmine/rules.py).
+# mining/itemsets/run_date=D: frequent itemsets (lib/deepmine/mining/rules.py).
 MINING_ITEMSETS = T.StructType([
     T.StructField("items", T.ArrayType(T.StringType()), False),  # sorted
     T.StructField("support", T.DoubleType(), False),  # fraction of baskets
@@ -110,7 +110,7 @@ MINING_RULES = T.StructType([
 ])
 
 # features/customers/run_date=D: one standardized, fixed-length float vector per customer
-# (lib/deepmine/features.py; the names of its entries are in the manifest). `row_id` is dense,
+# (lib/deepmine/deep/features.py; the names of its entries are in the manifest). `row_id` is dense,
 # 0..n-1, so training can key per-row state (DEC targets) by it.
 FEATURES_CUSTOMERS = T.StructType([
     T.StructField("customer_id", T.StringType(), False),

@@ -1,7 +1,7 @@
 """The training loop every Horovod rank runs: `train(args)`. It knows nothing of Spark.
 
-Launched by `deepmine.launch.run_on_spark` (horovod.spark.run, from `deepmine train`) or by
-`horovodrun ... python -m deepmine.trainer ARGS.json` (scripts/train_horovodrun.sh). Each rank:
+Launched by `deepmine.deep.launch.run_on_spark` (horovod.spark.run, from `deepmine train`) or by
+`horovodrun ... python -m deepmine.deep.trainer ARGS.json` (scripts/train_horovodrun.sh). Each rank:
 `hvd.init()`, seeds, takes the GPU of its local rank when there is one (Horovod's collectives then
 run over NCCL if it was built with it; Gloo on CPU), reads its shard through `open_loader`,
 broadcasts parameters and optimizer state from rank 0, wraps the optimizer in
@@ -80,7 +80,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from deepmine.models.contrastive import nt_xent, random_view
+from deepmine.deep.models.contrastive import nt_xent, random_view
 
 CHECKPOINT = re.compile(r"^epoch-(\d{4})\.pt$")
 
@@ -91,7 +91,7 @@ class TrainArgs:
     # the model's name in the lake: cnn, textcnn, textrnn, autoencoder_customers,
     # autoencoder_images
     name: str
-    spec: dict[str, Any]  # deepmine.models.build(spec)
+    spec: dict[str, Any]  # deepmine.deep.models.build(spec)
     train_urls: list[str]  # Parquet files read for training (row_id, features[, label])
     checkpoint_dir: str  # URL; rank 0 writes epoch-NNNN.pt there
     eval_urls: list[str] = field(default_factory=list)  # cnn: the test files
@@ -237,7 +237,7 @@ def _batches(args: TrainArgs, urls: list[str], r: Rank, epoch: int, columns: lis
              shuffle: bool, shuffle_rows: bool | None = None) -> Iterator[dict]:
     """This rank's batches of `epoch`; `shuffle` orders row groups by (seed, epoch), and
     `shuffle_rows` (default: `shuffle`) also mixes rows across them."""
-    from deepmine.loader import open_loader
+    from deepmine.deep.loader import open_loader
     rows = shuffle if shuffle_rows is None else shuffle_rows
     with open_loader(urls, r.rank, r.size, columns, args.batch_size, seed=args.seed, epoch=epoch,
                      shuffle=shuffle, shuffle_buffer=args.shuffle_buffer if rows else 0,
@@ -413,7 +413,7 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
     state = hvd.broadcast_object(state, root_rank=0, name="checkpoint")
     attempt = int(state.get("attempt", 0)) if state else 0
     attempts: list[dict] = list(state.get("attempts", [])) if state else []
-    from deepmine.models import build
+    from deepmine.deep.models import build
     while True:
         lr, seed = attempt_settings(args, attempt)
         torch.manual_seed(seed)
@@ -906,7 +906,7 @@ def _train_dec(args, r, model, params, optimizer, store, state, device, ctx) -> 
             if warm:  # the same on every rank, so the allreduce below stays in step
                 target = warm_target(init_assign, q.shape[1])
             else:
-                from deepmine.models import target_distribution
+                from deepmine.deep.models import target_distribution
                 frequency = r.sum(q.sum(0), "cluster_frequency").float()
                 target = torch.zeros((args.n_rows, q.shape[1]))
                 target[ids] = target_distribution(q, frequency)
@@ -1034,10 +1034,10 @@ def _save_dec(args, r, store, epoch, model, optimizer, v: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m deepmine.trainer ARGS.json` on every rank (what horovodrun starts)."""
+    """`python -m deepmine.deep.trainer ARGS.json` on every rank (what horovodrun starts)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: horovodrun -np N [-H host:slots,...] python -m deepmine.trainer ARGS.json",
+        print("usage: horovodrun -np N [-H host:slots,...] python -m deepmine.deep.trainer ARGS.json",
               file=sys.stderr)
         return 2
     with open(argv[0]) as f:

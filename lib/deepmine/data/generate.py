@@ -1164,7 +1164,7 @@ def generate_transactions(
         )
 
     truth = {
-        "generator": "deepmine.generate",
+        "generator": "deepmine.data.generate",
         "format_version": 1,
         "args": {
             "lines": lines,
@@ -1235,7 +1235,7 @@ def generate_transactions(
                 "max(quantity_g * f_k(t), 1), quantity_g its group's params.quantity; "
                 "f_k(t) = exp(growth_per_year * (t - start_date) / 365.25) * (1 + "
                 "yearly_amplitude * cos(2 pi (day_of_year(t) - yearly_peak_day) / 365.25)) * "
-                "weekday_profile[weekday(t)], Monday first (deepmine.generate."
+                "weekday_profile[weekday(t)], Monday first (deepmine.data.generate."
                 "planted_demand_factor)"
             ),
             "note": (

@@ -11,8 +11,8 @@ import sys
 
 from pyspark.sql import SparkSession
 
-from deepmine.config import Config
-from deepmine.lake import resolve_url
+from deepmine.core.config import Config
+from deepmine.core.lake import resolve_url
 
 
 def is_local(master: str) -> bool:

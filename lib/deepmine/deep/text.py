@@ -40,7 +40,7 @@ import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from deepmine.config import TextConfig
+from deepmine.core.config import TextConfig
 
 CJK = r"\p{IsHan}\p{IsHiragana}\p{IsKatakana}\p{IsHangul}"
 RUN = rf"[{CJK}]+|[[\p{{L}}\p{{N}}']&&[^{CJK}]]+"  # a CJK run, or a run of other letters/digits
@@ -292,7 +292,7 @@ VOCABULARY = "features/reviews_vocabulary"
 
 def vocabulary_url(lake_root: str, run_date: str) -> str:
     """Where the features stage put the run date's embeddings.npy and vocabulary.json."""
-    from deepmine.lake import resolve_url
+    from deepmine.core.lake import resolve_url
     return f"{resolve_url(lake_root).rstrip('/')}/{VOCABULARY}/run_date={run_date}"
 
 

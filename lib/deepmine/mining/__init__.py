@@ -1,0 +1,1 @@
+"""Spark SQL / Spark ML stages: RFM segments, association rules, recommendations, churn, forecasts, review summaries."""

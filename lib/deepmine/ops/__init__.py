@@ -1,0 +1,1 @@
+"""Running it and watching it: the run report, cluster submission, the environment doctor."""
