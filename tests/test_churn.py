@@ -142,7 +142,7 @@ def test_planted_churn_hazards_ranked(spark, make_config, tmp_path):
     assert bands <= {"low", "medium", "high"} and {"low", "high"} <= bands
     # the report's section: both ROC curves and the lift chart (one figure), the features kept,
     # and the customers per risk band as published
-    title, body = section_churn(ReportContext(lake, config, date, psi_threshold=0.2))
+    title, body = section_churn(ReportContext(lake, config, date))
     assert title == "Churn risk and next-period spend" and body.count("<img") == 1
     assert ", ".join(counts["features_kept"]) in body
     for band, n in got["risk_band"].value_counts().items():

@@ -142,7 +142,7 @@ def test_planted_seasonality_and_trend_recovered(planted):
     # 56 points only (a binomial sd of 0.053 at 0.8): not too narrow is what they can show; the
     # backtest's points above are the 70-90% check
     assert coverage >= 0.7, coverage
-    title, body = section_forecast(ReportContext(lake, config, RUN_DATE, psi_threshold=0.2))
+    title, body = section_forecast(ReportContext(lake, config, RUN_DATE))
     assert title == "Demand forecast" and body.count("<img") == 1
     assert f"largest series: {counts['largest_series']['series_id']}" in body
 

@@ -42,6 +42,8 @@ MINING_STAGES = {
     "report": "the run's HTML report with plots, next to its manifest",
     "features": "customer feature vectors, image tables and review token ids, laid out as "
                 "Petastorm shards",
+    "drift": "PSI and KS test of tonight's customer features, RFM values and churn scores "
+             "against their model's last full training snapshot",
     "review_summary": "per product: reviews, mean predicted sentiment, share negative and the "
                       "terms that set its negative reviews apart",
 }

@@ -109,6 +109,10 @@ STAGES: list[Stage] = [
     # customers where there are transactions (RFM values from mining/rfm when it ran)
     Stage("features", _lake_stage("deep.features"), ("features/images",),
           needs=("ingest", "ingest_images", "ingest_reviews", "rfm")),
+    # tonight's customer features, RFM values and churn scores against the snapshot their model
+    # was last fully trained on (before the trainings, so that a drift can ask for a full one)
+    Stage("drift", _lake_stage("ops.drift"), ("mining/drift",),
+          applies=lambda config, inputs: bool(inputs.transactions), needs=("features",)),
     Stage("train_autoencoder_customers", _training("autoencoder", "customers"),
           ("models/autoencoder_customers", "predictions/autoencoder_customers"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("features",)),

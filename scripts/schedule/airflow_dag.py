@@ -19,7 +19,7 @@ from airflow.operators.bash import BashOperator
 # The last three before the report need reviews (input.reviews, ingested with --entity reviews);
 # a shop without reviews removes them here, as the nightly itself skips them.
 STAGES = ["ingest", "rfm", "churn", "forecast", "rules", "recommend", "features",
-          "train_autoencoder_customers", "train_autoencoder_images", "train_cnn",
+          "drift", "train_autoencoder_customers", "train_autoencoder_images", "train_cnn",
           "train_textcnn", "train_textrnn", "review_summary", "report"]
 
 # stage -> (job, extra arguments)

@@ -264,9 +264,19 @@ class NightlyConfig:
 
 
 @dataclass
-class ReportConfig:
-    """The run report (lib/deepmine/ops/report.py)."""
-    psi_threshold: float = 0.2  # a feature whose PSI against the previous run exceeds this is flagged
+class DriftConfig:
+    """Drift of the models' inputs and scores against their last full training's snapshot
+    (lib/deepmine/ops/drift.py): `mining/drift`, the report's drift table, full retrains."""
+    # PSI over the reference's quantile bins; over this a column has drifted (Siddiqi 2006:
+    # under 0.1 stable, 0.1-0.25 some shift, over 0.25 a real one)
+    psi_threshold: float = 0.2
+    # a column drifts by the two-sample KS test when p < ks_alpha and the statistic (the largest
+    # gap between the two distribution functions) is at least ks_min_statistic: with tens of
+    # thousands of rows a shift too small to matter is significant
+    ks_alpha: float = 0.01
+    ks_min_statistic: float = 0.1
+    bins: int = 10  # quantile bins of the reference for the PSI (deciles)
+    quantile_accuracy: int = 10_000  # percentile_approx's accuracy (relative error 1/accuracy)
 
 
 @dataclass
@@ -403,7 +413,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)
     churn: ChurnConfig = field(default_factory=ChurnConfig)

@@ -200,6 +200,23 @@ MINING_FORECAST = T.StructType([
     T.StructField("model", T.StringType(), False),
 ])
 
+# mining/drift/run_date=D: per watched column (lib/deepmine/ops/drift.py), tonight's values
+# against the reference night's (the latest full training of model_stage): PSI over the
+# reference's quantile bins, the two-sample KS statistic and its asymptotic p-value, the values
+# tested on each side, and whether the column drifted by drift.* thresholds.
+MINING_DRIFT = T.StructType([
+    T.StructField("table", T.StringType(), False),
+    T.StructField("column", T.StringType(), False),
+    T.StructField("reference_date", T.StringType(), False),
+    T.StructField("model_stage", T.StringType(), False),
+    T.StructField("reference_rows", T.LongType(), False),
+    T.StructField("rows", T.LongType(), False),
+    T.StructField("psi", T.DoubleType(), False),
+    T.StructField("ks_statistic", T.DoubleType(), False),
+    T.StructField("ks_p_value", T.DoubleType(), False),
+    T.StructField("drifted", T.BooleanType(), False),
+])
+
 TABLES: dict[str, T.StructType] = {
     "clean/transactions": CLEAN_TRANSACTIONS,
     "clean/ratings": CLEAN_RATINGS,
@@ -213,6 +230,7 @@ TABLES: dict[str, T.StructType] = {
     "mining/rfm_segments": MINING_RFM_SEGMENTS,
     "mining/churn": MINING_CHURN,
     "mining/forecast": MINING_FORECAST,
+    "mining/drift": MINING_DRIFT,
     "mining/itemsets": MINING_ITEMSETS,
     "mining/rules": MINING_RULES,
     "mining/recommendations": MINING_RECOMMENDATIONS,

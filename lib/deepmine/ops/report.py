@@ -8,8 +8,8 @@ None when its stage has not run (or does not exist yet), so the report shows wha
 Sections: overview (stages, status, timings), row reconciliation per input, RFM segments and
 R/F/M distributions, top association rules, recommendation metrics beside the popularity
 baseline, training curves and the CNN confusion matrix, sample images per deep cluster, and what
-changed since the previous run (segment migration; feature drift as a population stability index
-per feature, flagged over `report.psi_threshold`).
+changed since the previous run (segment migration), and drift: the drift stage's table
+(mining/drift, PSI and KS test per watched column against its model's last full training).
 """
 from __future__ import annotations
 
@@ -31,31 +31,6 @@ Section = tuple[str, str]  # (title, html body)
 
 
 # =============================================================== pure helpers
-
-def population_stability_index(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
-    """PSI of `actual` against `expected`, on `bins` quantile bins of `expected`.
-
-    PSI = sum over bins of (a - e) * ln(a / e), with e and a the shares of each sample in the bin
-    (a share of 0 is floored at 1e-4 so the log stays finite). Under 0.1: stable; 0.1-0.2: some
-    shift; over 0.2: a real shift (the usual reading).
-    """
-    expected = np.asarray(expected, dtype=float)
-    actual = np.asarray(actual, dtype=float)
-    expected, actual = expected[np.isfinite(expected)], actual[np.isfinite(actual)]
-    if expected.size == 0 or actual.size == 0:
-        return float("nan")
-    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
-    if edges.size < 2:  # a constant feature: one bin for it, one for anything else
-        e = np.array([1.0, 0.0])
-        a = np.array([np.mean(actual == edges[0]), np.mean(actual != edges[0])])
-    else:
-        inner = edges[1:-1]
-        e = np.bincount(np.searchsorted(inner, expected, side="right"), minlength=inner.size + 1)
-        a = np.bincount(np.searchsorted(inner, actual, side="right"), minlength=inner.size + 1)
-        e, a = e / e.sum(), a / a.sum()
-    e, a = np.maximum(e, 1e-4), np.maximum(a, 1e-4)
-    return float(np.sum((a - e) * np.log(a / e)))
-
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
@@ -501,40 +476,37 @@ def section_changes(ctx: "ReportContext") -> Section | None:
         return None
     body = f"<p>Compared with the run of {html.escape(previous)}.</p>"
     now, before = ctx.table("mining/rfm"), ctx.table("mining/rfm", previous)
-    found = False
-    if now is not None and before is not None:
-        found = True
-        moved = before[["customer_id", "segment"]].merge(
-            now[["customer_id", "segment"]], on="customer_id", suffixes=("_before", "_now"))
-        migration = pd.crosstab(moved["segment_before"], moved["segment_now"])
-        body += "<h3>Segment migration (customers in both runs)</h3>" + migration.to_html(border=0)
-        drift = _drift_rows(before, now, ["recency_days", "frequency", "monetary"], "mining/rfm",
-                            ctx.psi_threshold)
-        body += "<h3>Feature drift (PSI)</h3>" + _table(pd.DataFrame(drift))
-    feats_now, feats_before = ctx.table("features/customers"), ctx.table("features/customers", previous)
-    if feats_now is not None and feats_before is not None:
-        found = True
-        numeric = [c for c in feats_now.columns if c in feats_before.columns
-                   and pd.api.types.is_numeric_dtype(feats_now[c])]
-        drift = _drift_rows(feats_before, feats_now, numeric, "features/customers", ctx.psi_threshold)
-        body += "<h3>Customer feature drift (PSI)</h3>" + _table(pd.DataFrame(drift), 100)
-    return ("Changes since the previous run", body) if found else None
+    if now is None or before is None:
+        return None
+    moved = before[["customer_id", "segment"]].merge(
+        now[["customer_id", "segment"]], on="customer_id", suffixes=("_before", "_now"))
+    migration = pd.crosstab(moved["segment_before"], moved["segment_now"])
+    body += "<h3>Segment migration (customers in both runs)</h3>" + migration.to_html(border=0)
+    return "Changes since the previous run", body
 
 
-def _drift_rows(before: pd.DataFrame, now: pd.DataFrame, columns: list[str], table: str,
-                threshold: float) -> list[dict]:
-    rows = []
-    for col in columns:
-        psi = population_stability_index(before[col].to_numpy(), now[col].to_numpy())
-        rows.append({"table": table, "feature": col, "psi": psi,
-                     "flag": "DRIFT" if psi > threshold else ""})
-    return rows
+def section_drift(ctx: "ReportContext") -> Section | None:
+    """mining/drift: each watched column against its model's last full training snapshot."""
+    drift = ctx.table("mining/drift")
+    if drift is None or drift.empty:
+        return None
+    stage = ctx.manifest.get("stages", {}).get("drift", {}).get("metrics", {})
+    body = "<p>Tonight's values against the night each model was last fully trained on "
+    body += "(PSI over the reference's deciles; two-sample KS test).</p>"
+    retrain = stage.get("full_retrain") or {}
+    if retrain:
+        body += "<p class='warning'>Full retrain asked for: " + "; ".join(
+            f"{html.escape(k)} ({html.escape(v)})" for k, v in retrain.items()) + "</p>"
+    shown = drift.sort_values(["drifted", "psi"], ascending=False)[
+        ["table", "column", "reference_date", "psi", "ks_statistic", "ks_p_value", "drifted"]]
+    shown = shown.assign(drifted=shown["drifted"].map({True: "DRIFT", False: ""}))
+    return "Drift", body + _table(shown, 100)
 
 
 SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
     section_overview, section_reconciliation, section_rfm, section_churn, section_forecast,
     section_rules, section_recommend, section_reviews,
-    section_training, section_cluster_samples, section_changes,
+    section_training, section_cluster_samples, section_changes, section_drift,
 ]
 
 
@@ -543,9 +515,8 @@ SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
 class ReportContext:
     """What the sections read: the manifest, and lake tables as pandas (None when absent)."""
 
-    def __init__(self, lake: Lake, config: Config, run_date: str, psi_threshold: float):
+    def __init__(self, lake: Lake, config: Config, run_date: str):
         self.lake, self.config, self.run_date = lake, config, run_date
-        self.psi_threshold = psi_threshold
         self.manifest = lake.read_manifest(run_date)
 
     def table(self, name: str, run_date: str | None = None) -> pd.DataFrame | None:
@@ -602,7 +573,7 @@ def report_url(lake: Lake, run_date: str) -> str:
 def run_report(spark: SparkSession, config: Config, run_date: str) -> dict:
     lake = Lake(spark, config.lake.root)
     with StageRun(lake, run_date, "report") as run:
-        ctx = ReportContext(lake, config, run_date, config.report.psi_threshold)
+        ctx = ReportContext(lake, config, run_date)
         page, titles = render_report(ctx)
         url = report_url(lake, run_date)
         lake.write_text(url, page)
