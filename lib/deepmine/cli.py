@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE")
     p.set_defaults(handler=_doctor)
 
+    p = sub.add_parser("models", help="the model registry: every version, its run date, how it "
+                       "was trained, its validation score and aliases (champion)")
+    p.add_argument("--conf", default=DEFAULT_CONF)
+    p.add_argument("--set", action="append", nargs="+", default=[], metavar="SECTION.KEY=VALUE")
+    p.set_defaults(handler=_models)
+
     p = sub.add_parser("samples", help="real datasets from installed packages, in input format")
     p.add_argument("--out", required=True)
     p.add_argument("--only", default=None, help="comma-separated names (default: all available)")
@@ -220,6 +226,23 @@ def _doctor(args) -> int:
         print(json.dumps(run_doctor(spark), indent=2))
         return 0
     return _with_session(args, work)
+
+
+def _models(args) -> int:
+    from deepmine.deep.registry import Registry
+    config = load_config(args.conf, [x for group in args.set for x in group])
+    registry = Registry(config)
+    rows = registry.listing()
+    print(f"registry: {registry.uri}")
+    if not rows:
+        print("no registered model yet")
+        return EXIT_OK
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(str(r[c]).ljust(widths[c]) for c in columns))
+    return EXIT_OK
 
 
 def _train(args) -> int:

@@ -264,6 +264,21 @@ class NightlyConfig:
 
 
 @dataclass
+class MlflowConfig:
+    """The model registry (lib/deepmine/deep/registry.py): every training logged to MLflow and
+    registered as a version; the `champion` alias moves only when tonight's version holds up."""
+    enabled: bool = True
+    # empty = a SQLite store under a local lake (<lake.root>/_mlflow/mlflow.db, artifacts
+    # beside it); a cluster points it at the team's server, e.g. http://mlflow.internal:5000
+    tracking_uri: str = ""
+    experiment: str = "deepmine"
+    model_prefix: str = "deepmine-"  # registered model names: <prefix><model name>, e.g. deepmine-cnn
+    # tonight's version is promoted unless its held-out score (CNN accuracy, text AUC) falls
+    # below the champion's on the same rows by more than this
+    promotion_tolerance: float = 0.005
+
+
+@dataclass
 class DriftConfig:
     """Drift of the models' inputs and scores against their last full training's snapshot
     (lib/deepmine/ops/drift.py): `mining/drift`, the report's drift table, full retrains."""
@@ -414,6 +429,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     text: TextConfig = field(default_factory=TextConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     nightly: NightlyConfig = field(default_factory=NightlyConfig)
     rfm: RfmConfig = field(default_factory=RfmConfig)
     churn: ChurnConfig = field(default_factory=ChurnConfig)

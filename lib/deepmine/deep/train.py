@@ -382,6 +382,9 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
                  "metrics.json": json.dumps(metrics, indent=1, default=float).encode(),
                  **extra_files}
         model_url = publish_model_files(lake, name, run_date, files)
+        if config.mlflow.enabled:
+            rows = _keep_fresh(run, lake, config, name, run_date, args, metrics, files,
+                               model_url, features, published, id_column, partition, rows)
         run.counts.update(rows_trained=max((int(h.get("samples", 0)) for h in history), default=0),
                           predictions=rows)
         run.metrics.update(metrics)
@@ -389,6 +392,32 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
                            predictions=lake.partition_url(f"predictions/{name}", partition),
                            checkpoints=checkpoints)
     return {**run.counts, "metrics": run.metrics}
+
+
+def _keep_fresh(run: StageRun, lake: Lake, config: Config, name: str, run_date: str, args,
+                metrics: dict, files: dict, model_url: str, features, published, id_column: str,
+                partition: str, rows: int) -> int:
+    """Register tonight's model and move the champion alias (deepmine.deep.registry); when the
+    champion stays, its predictions on tonight's features replace tonight's model's. Returns
+    the predictions' row count. A registry that cannot be reached degrades the stage (tonight's
+    model and predictions stay published) instead of losing the night."""
+    from deepmine.deep.registry import register_and_promote
+    table = f"predictions/{name}"
+    try:
+        record, served = register_and_promote(
+            config, run.stage, name, run_date, args, metrics, files, model_url,
+            not run.degraded_reasons, features, published, id_column, table)
+    except Exception as e:  # noqa: BLE001 - the registry is beside the night's work, not in it
+        run.degrade(f"model registry ({config.mlflow.tracking_uri or 'local store'}): "
+                    f"{type(e).__name__}: {e}")
+        return rows
+    run.metrics["registry"] = record
+    if served is not None:
+        rows = lake.publish(served, table, partition)
+        served.unpersist()
+        run.warn(f"champion version {record['champion']} kept ({record['reason']}): "
+                 f"{table} holds its predictions")
+    return rows
 
 
 BASELINE_TRAIN_ROWS = 10000  # training rows the pixel baseline fits on (the first by row_id: seeded)
