@@ -1,7 +1,8 @@
 """The model registry: the promotion rule as a table, and two nights of CNN training against a
 real `mlflow server` on loopback, read back through MLflow's REST API: both trainings logged and
-registered, the first version the champion, the second (held to a bar it cannot reach) not
-promoted, and the second night's predictions the champion's."""
+registered, the first version the champion, the second warm-started from it and (held to a bar
+it cannot reach) not promoted, the second night's predictions the champion's; then the third
+night's plan: a warm start, or a full training when drift or the schedule asks."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from deepmine.deep.registry import promotion
+from deepmine.deep.registry import promotion, warm_start_plan
 
 
 @pytest.mark.parametrize("gate_ok,score,champion_score,has_champion,want", [
@@ -101,7 +102,11 @@ def test_two_nights_against_an_mlflow_server(spark, make_config, mlflow_server):
     two_stage = lake.read_manifest(second)["stages"]["train_cnn"]
     two = two_stage["metrics"]["registry"]
     assert (one["version"], one["promoted"], one["champion"]) == ("1", True, "1")
+    assert (one["training"], one["parent_version"]) == ("full", None)
     assert (two["version"], two["promoted"], two["champion"]) == ("2", False, "1")
+    # the second night started from the champion's weights, for mlflow.warm_start_epochs
+    assert (two["training"], two["parent_version"]) == ("warm_start", "1")
+    assert two_stage["metrics"]["epochs_run"] == 2
     assert two["champion_comparable"] and two["predictions_from"] == "champion 1"
     assert two["validation_score"] == pytest.approx(two_stage["metrics"]["accuracy"], abs=1e-6)
     assert any("champion version 1 kept" in w for w in two_stage["warnings"])
@@ -113,7 +118,8 @@ def test_two_nights_against_an_mlflow_server(spark, make_config, mlflow_server):
     by_version = {v["version"]: {t["key"]: t["value"] for t in v.get("tags", [])}
                   for v in versions["model_versions"]}
     assert {v: t["run_date"] for v, t in by_version.items()} == {"1": first, "2": second}
-    assert {t["training"] for t in by_version.values()} == {"full"}
+    assert {v: (t["training"], t["parent_version"]) for v, t in by_version.items()} == \
+        {"1": ("full", ""), "2": ("warm_start", "1")}
     experiment = _get(mlflow_server, "experiments/get-by-name", experiment_name="deepmine")
     runs = _post(mlflow_server, "runs/search",
                  {"experiment_ids": [experiment["experiment"]["experiment_id"]]})["runs"]
@@ -129,3 +135,20 @@ def test_two_nights_against_an_mlflow_server(spark, make_config, mlflow_server):
     night = {d: {r["image_id"]: r["predicted_label"] for r in
                  lake.read("predictions/cnn", f"run_date={d}").collect()} for d in (first, second)}
     assert night[first] == night[second]
+
+    # a third night: a warm start from the champion, unless the drift stage or the schedule
+    # asks for a full training
+    spec = lake.read_manifest(first)["stages"]["train_cnn"]["metrics"]["spec"]
+    third, quiet = "2026-11-23", {"stages": {}}
+    drifted = {"stages": {"drift": {"metrics": {"full_retrain": {"train_cnn": "drift in x"}}}}}
+    plan = warm_start_plan(config, "cnn", "train_cnn", third, spec, quiet)
+    assert (plan["training"], plan["parent_version"], plan["warm_starts_since_full"]) == \
+        ("warm_start", "1", 1)
+    assert plan["init_weights_url"].endswith("models/cnn/run_date=2026-11-21/weights.pt")
+    assert warm_start_plan(config, "cnn", "train_cnn", third, spec, drifted)["training"] == "full"
+    every_night = make_config(*settings, "mlflow.full_retrain_every=1")
+    assert warm_start_plan(every_night, "cnn", "train_cnn", third, spec, quiet)["training"] == \
+        "full"
+    assert warm_start_plan(config, "cnn", "train_cnn", first, spec, quiet)["training"] == "full"
+    assert warm_start_plan(config, "cnn", "train_cnn", third, {**spec, "n_classes": 3},
+                           quiet)["training"] == "full"

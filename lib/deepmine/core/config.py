@@ -276,6 +276,13 @@ class MlflowConfig:
     # tonight's version is promoted unless its held-out score (CNN accuracy, text AUC) falls
     # below the champion's on the same rows by more than this
     promotion_tolerance: float = 0.005
+    # warm start (classifiers: the CNN, and the text models while their vocabulary holds): when
+    # an earlier night's champion has tonight's spec, training starts from its weights for
+    # warm_start_epochs; a full training instead every full_retrain_every nights (counting the
+    # champion's warm starts since its last full one) or when the drift stage asks for one
+    warm_start: bool = True
+    warm_start_epochs: int = 2
+    full_retrain_every: int = 7
 
 
 @dataclass

@@ -24,6 +24,11 @@ Per training stage, after the quality gate:
    champion stays and tonight's predictions are the champion's, scored on tonight's features (a
    rollback costs nothing: no retraining).
 
+Warm starts (`warm_start_plan`): a classifier whose champion comes from an earlier night and has
+tonight's spec starts from the champion's weights for `mlflow.warm_start_epochs`; a full training
+every `mlflow.full_retrain_every` nights (the champion's `warm_starts_since_full` tag) or when the
+drift stage names the stage in `full_retrain`.
+
 The validation score (`validation_score`) is the CNN's test accuracy and a text model's test AUC.
 The champion is scored with its own spec and weights; when its spec differs from tonight's (a
 new vocabulary, another feature dimension), its inputs are laid out differently and it cannot be
@@ -107,6 +112,19 @@ def validation_score(spec: dict, features: DataFrame, predictions: DataFrame,
             return None
         return float(roc_auc_score(rows["label"], rows["sentiment_probability"]))
     return None
+
+
+_OPEN: dict[tuple[str, str], "Registry"] = {}
+
+
+def open_registry(config: Config) -> "Registry":
+    """The process's Registry for this store and experiment (a client's first connection checks
+    the store's schema: seconds, once per nightly rather than twice per stage)."""
+    key = (tracking_uri(config), config.mlflow.experiment)
+    if key not in _OPEN:
+        _OPEN[key] = Registry(config)
+    _OPEN[key].config = config
+    return _OPEN[key]
 
 
 class Registry:
@@ -227,12 +245,13 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
                          metrics: dict[str, Any], files: dict[str, bytes], model_url: str,
                          gate_ok: bool,
                          features: DataFrame, predictions: DataFrame, id_column: str,
-                         table: str) -> tuple[dict[str, Any], DataFrame | None]:
+                         table: str, plan: dict[str, Any] | None = None
+                         ) -> tuple[dict[str, Any], DataFrame | None]:
     """Log tonight's training, register it, decide the champion. Returns the manifest's
     `registry` record and, when the champion stays, its predictions on tonight's features
     (to publish instead of tonight's model's); None when tonight's are the ones to keep."""
     from deepmine.deep.predict import predict
-    registry = Registry(config)
+    registry = open_registry(config)
     champion = registry.champion(name)
     score = validation_score(args.spec, features, predictions, id_column)
     champion_score, champion_predictions, comparable = None, None, False
@@ -244,7 +263,10 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
             champion_score = validation_score(spec, features, champion_predictions, id_column)
     decision = promotion(gate_ok, score, champion_score, champion is not None,
                          config.mlflow.promotion_tolerance)
-    tags = {"training": "full", "parent_version": "", "status": "ok" if gate_ok else "degraded",
+    plan = plan or {"training": "full", "reason": "warm starts off"}
+    tags = {"training": plan["training"], "parent_version": plan.get("parent_version", ""),
+            "warm_starts_since_full": str(plan.get("warm_starts_since_full", 0)),
+            "status": "ok" if gate_ok else "degraded",
             "validation_score": "" if score is None else f"{score:.6f}", "lake_model": model_url}
     version = registry.log_training(stage, name, run_date, _params(args), metrics,
                                     {**files, "metrics.json": json.dumps(
@@ -257,6 +279,8 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
     elif champion_predictions is not None:
         champion_predictions.unpersist()
     record = {"registered_model": registered_name(config, name), "version": version,
+              "training": plan["training"], "training_reason": plan["reason"],
+              "parent_version": plan.get("parent_version") or None,
               "promoted": decision.promote, "reason": decision.reason,
               "champion": version if decision.promote else (champion.version if champion else None),
               "validation_score": score, "champion_score": champion_score,
@@ -264,3 +288,37 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
               "predictions_from": "tonight" if served is None else f"champion {champion.version}",
               "tracking_uri": registry.uri}
     return record, served
+
+
+def warm_start_plan(config: Config, name: str, stage: str, run_date: str, spec: dict,
+                    manifest: dict[str, Any]) -> dict[str, Any]:
+    """How tonight's model trains: `warm_start` from the champion's weights when an earlier
+    night's champion has tonight's spec, fewer than `full_retrain_every` - 1 warm starts lie
+    since its last full training, and the drift stage asks for no full one; else `full`.
+    Returns training, reason, and for a warm start init_weights_url, parent_version and
+    warm_starts_since_full."""
+    registry = open_registry(config)
+    champion = registry.champion(name)
+    if champion is None:
+        return {"training": "full", "reason": "no champion yet"}
+    tags = champion.tags or {}
+    if tags.get("run_date", "") >= run_date:
+        return {"training": "full", "reason": f"the champion (version {champion.version}) is "
+                                              f"tonight's own or later: a re-run trains as the "
+                                              f"first run did"}
+    if registry.read_model(champion)[0] != spec:
+        return {"training": "full", "reason": f"the champion (version {champion.version}) has "
+                                              f"another spec"}
+    drift = manifest.get("stages", {}).get("drift", {}).get("metrics", {}).get("full_retrain", {})
+    if stage in drift:
+        return {"training": "full", "reason": f"the drift stage asks for it ({drift[stage]})"}
+    since = int(tags.get("warm_starts_since_full") or 0) + 1
+    if since >= config.mlflow.full_retrain_every:
+        return {"training": "full", "reason": f"scheduled: every {config.mlflow.full_retrain_every}"
+                                              f" nights"}
+    if not tags.get("lake_model"):
+        return {"training": "full", "reason": "the champion's weights are not in the lake"}
+    return {"training": "warm_start", "reason": f"from champion version {champion.version} "
+                                                f"({tags.get('run_date')})",
+            "init_weights_url": f"{tags['lake_model']}/weights.pt",
+            "parent_version": str(champion.version), "warm_starts_since_full": since}

@@ -160,6 +160,12 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     if needed % t.num_proc:
         print(f"[train_{name}] warning: {needed} row groups do not split evenly over "
               f"{t.num_proc} ranks (set features.row_groups to a multiple of train.num_proc)")
+    return fingerprinted(args, parts, run_date)
+
+
+def fingerprinted(args: TrainArgs, parts, run_date: str) -> TrainArgs:
+    """`args` with the fingerprint of its inputs and settings (a checkpoint of others is not
+    resumed)."""
     described = {k: v for k, v in dataclasses.asdict(args).items()
                  if k not in ("checkpoint_dir", "log_prefix", "fingerprint")}
     described["parts"] = [(p.url, p.row_group_rows) for p in parts]
@@ -325,6 +331,16 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         parts = parquet_parts(lake.partition_url(table, partition))
         checkpoints = lake.url("models", name, "_checkpoints", partition)
         args = train_args(config, name, parts, run_date, checkpoints)
+        plan = None
+        if config.mlflow.enabled and config.mlflow.warm_start and args.task == "cnn":
+            from deepmine.deep.registry import warm_start_plan
+            plan = warm_start_plan(config, name, run.stage, run_date, args.spec,
+                                   lake.read_manifest(run_date))
+            run.log(f"[{run.stage}] {plan['training']} training: {plan['reason']}")
+            if plan["training"] == "warm_start":
+                args.init_weights_url = plan["init_weights_url"]
+                args.epochs = config.mlflow.warm_start_epochs
+                args = fingerprinted(args, parts, run_date)
         launch(args, config)
         final = CheckpointStore(checkpoints).load_latest()
         if final is None or final.get("fingerprint") != args.fingerprint:
@@ -384,7 +400,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         model_url = publish_model_files(lake, name, run_date, files)
         if config.mlflow.enabled:
             rows = _keep_fresh(run, lake, config, name, run_date, args, metrics, files,
-                               model_url, features, published, id_column, partition, rows)
+                               model_url, features, published, id_column, partition, rows, plan)
         run.counts.update(rows_trained=max((int(h.get("samples", 0)) for h in history), default=0),
                           predictions=rows)
         run.metrics.update(metrics)
@@ -396,7 +412,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
 
 def _keep_fresh(run: StageRun, lake: Lake, config: Config, name: str, run_date: str, args,
                 metrics: dict, files: dict, model_url: str, features, published, id_column: str,
-                partition: str, rows: int) -> int:
+                partition: str, rows: int, plan: dict | None) -> int:
     """Register tonight's model and move the champion alias (deepmine.deep.registry); when the
     champion stays, its predictions on tonight's features replace tonight's model's. Returns
     the predictions' row count. A registry that cannot be reached degrades the stage (tonight's
@@ -406,7 +422,7 @@ def _keep_fresh(run: StageRun, lake: Lake, config: Config, name: str, run_date: 
     try:
         record, served = register_and_promote(
             config, run.stage, name, run_date, args, metrics, files, model_url,
-            not run.degraded_reasons, features, published, id_column, table)
+            not run.degraded_reasons, features, published, id_column, table, plan)
     except Exception as e:  # noqa: BLE001 - the registry is beside the night's work, not in it
         run.degrade(f"model registry ({config.mlflow.tracking_uri or 'local store'}): "
                     f"{type(e).__name__}: {e}")

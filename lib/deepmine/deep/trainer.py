@@ -102,6 +102,9 @@ class TrainArgs:
     min_delta: float = 0.001  # a validation loss must fall by this share to count as better
     validation_fraction: float = 0.1  # of the training rows, held out of the gradient (seeded)
     budget_seconds: float = 0.0  # wall-clock seconds of training per attempt; 0 = no limit
+    # a warm start: the URL of a state_dict (the champion's weights.pt) every attempt starts
+    # from instead of a fresh initialisation; empty = from scratch
+    init_weights_url: str = ""
     max_retries: int = 2  # fresh starts after a detected failure
     recovery_lr_factor: float = 0.3  # each retry's learning rate: the previous one's times this
     pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
@@ -178,6 +181,14 @@ class CheckpointStore:
 
 
 # --------------------------------------------------------------------------- helpers
+
+def load_state(url: str) -> dict[str, torch.Tensor]:
+    """A state_dict at a URL (a warm start's weights.pt), loaded as weights only."""
+    import pyarrow.fs as pafs
+    fs, path = pafs.FileSystem.from_uri(url)
+    with fs.open_input_stream(path) as f:
+        return torch.load(io.BytesIO(f.read()), weights_only=True)
+
 
 def load_matrix(url: str) -> torch.Tensor:
     """A NumPy .npy file at a URL (pretrained embeddings), as a float32 tensor."""
@@ -420,6 +431,8 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
         model = build(args.spec)
         if args.spec.get("embeddings_url") and state is None:
             model.load_embeddings(load_matrix(args.spec["embeddings_url"]))
+        if args.init_weights_url and state is None:
+            model.load_state_dict(load_state(args.init_weights_url))
         model = model.to(device)
         # frozen weights (static pretrained embeddings) have no gradient to average
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
