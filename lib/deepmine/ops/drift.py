@@ -5,9 +5,9 @@ Kolmogorov-Smirnov test, computed in Spark.
 What is watched (`WATCHED`): each entry is a lake table, its numeric columns (the customer
 feature vector is taken apart by the names the features stage recorded), and the stage whose
 model learns from it. Its reference is that table's partition on the latest earlier night on
-which that stage trained in full (status ok or degraded, no `training: warm_start` in its
-manifest record); where the stage never ran, the table's latest earlier partition. A first
-night has no reference and publishes an empty table.
+which that stage trained in full (status ok or degraded, not a warm start by its manifest
+record's `metrics.registry.training`); where the stage never ran, the table's latest earlier
+partition. A first night has no reference and publishes an empty table.
 
 - PSI (Siddiqi 2006): bins at the reference's deciles (Spark's `percentile_approx`; equal edges
   merged), shares e (reference) and a (tonight) per bin floored at 1e-4, PSI = sum (a - e) ln(a/e).
@@ -174,8 +174,8 @@ def reference_date(lake: Lake, run_date: str, watched: Watched) -> str | None:
                      reverse=True)
     for day in earlier:
         record = lake.read_manifest(day)["stages"].get(watched.model_stage)
-        if record and record.get("status") in ("ok", "degraded") \
-                and record.get("training") != "warm_start":
+        training = (record or {}).get("metrics", {}).get("registry", {}).get("training")
+        if record and record.get("status") in ("ok", "degraded") and training != "warm_start":
             return day
     return earlier[0] if earlier else None
 
