@@ -362,6 +362,11 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
                                                          lake, partition)
         elif name == "cnn":
             metrics, extra_files, reasons = _cnn_metrics(args, final, features, published, config)
+            if config.prune.sparsity > 0:
+                pruned_metrics, pruned_files = _pruned_cnn(args, final, features, config, lake,
+                                                           name, run_date, parts)
+                metrics["pruning"] = pruned_metrics
+                extra_files.update(pruned_files)
         else:
             manifest = lake.read_manifest(run_date)
             metrics, extra_files, reasons = _clustering_metrics(
@@ -522,6 +527,52 @@ def _cnn_metrics(args: TrainArgs, final: dict, features, predictions, config: Co
         metrics["bytes_float"] = len(files["model.torchscript.pt"])
         metrics["bytes_int8"] = len(files["model_int8.torchscript.pt"])
     return metrics, files, reasons
+
+
+def _pruned_cnn(args: TrainArgs, final: dict, features, config: Config, lake: Lake, name: str,
+                run_date: str, parts) -> tuple[dict, dict[str, bytes]]:
+    """Prune the trained CNN to `prune.sparsity` and fine-tune it through the trainer from the
+    trained weights (deepmine.deep.prune), then quantize it; (the float / pruned / pruned+int8
+    comparison for the manifest, their TorchScript files)."""
+    import dataclasses as dc
+    import torch
+    from deepmine.deep import prune
+    from deepmine.deep.export import accuracy, quantize_int8, torchscript_bytes
+    from deepmine.deep.models import build
+
+    cfg = config.prune
+    partition = f"run_date={run_date}"
+    dense_url = lake.url("models", name, "_checkpoints", f"dense_{partition}.pt")
+    lake.write_bytes(dense_url, state_dict_bytes(final["model"]))
+    tuned_dir = lake.url("models", name, "_checkpoints", f"pruned_{partition}")
+    tuned_args = fingerprinted(dc.replace(args, init_weights_url=dense_url, epochs=cfg.epochs,
+                                          prune_sparsity=cfg.sparsity, checkpoint_dir=tuned_dir,
+                                          log_prefix=f"{args.log_prefix} pruned"), parts, run_date)
+    launch(tuned_args, config)
+    tuned = CheckpointStore(tuned_dir).load_latest()
+    if tuned is None or tuned.get("fingerprint") != tuned_args.fingerprint:
+        raise RuntimeError(f"pruning {name} left no checkpoint in {tuned_dir}")
+    dense, pruned = build(args.spec), build(args.spec)
+    dense.load_state_dict(final["model"])
+    pruned.load_state_dict(prune.dense_state(tuned["model"]))
+    int8 = quantize_int8(pruned)
+    x, y = _labelled(features, "test")
+    example = torch.zeros(2, args.spec["height"] * args.spec["width"])
+    files = {"model_pruned.torchscript.pt": torchscript_bytes(pruned, example),
+             "model_pruned_int8.torchscript.pt": torchscript_bytes(int8, example)}
+    out: dict[str, Any] = {"sparsity": cfg.sparsity, "epochs_run": len(tuned["history"]),
+                           "method": "global L1 unstructured over conv and linear weights"}
+    for label, model, size in (("float", dense, prune.state_bytes(dense)),
+                               ("pruned", pruned, prune.state_bytes(pruned)),
+                               ("pruned_int8", int8, files["model_pruned_int8.torchscript.pt"])):
+        out[label] = {"accuracy": round(accuracy(model, x, y), 6) if len(y) else None,
+                      "nonzero_share": round(prune.nonzero_share(model), 4),
+                      "gzip_bytes": prune.gzip_bytes(size),
+                      "ms_per_image": round(prune.ms_per_image(model, x[:1024]), 4) if len(y)
+                      else None}
+    if out["float"]["accuracy"] is not None:
+        out["accuracy_drop"] = round(out["float"]["accuracy"] - out["pruned"]["accuracy"], 6)
+    return out, files
 
 
 SILHOUETTE_ROWS = 5000  # rows the internal measure is computed on (a seeded sample)

@@ -105,6 +105,9 @@ class TrainArgs:
     # a warm start: the URL of a state_dict (the champion's weights.pt) every attempt starts
     # from instead of a fresh initialisation; empty = from scratch
     init_weights_url: str = ""
+    # pruning's fine-tune (deepmine.deep.prune): this share of the conv and linear weights,
+    # smallest in magnitude across all of them, masked to zero from the start; 0 = no pruning
+    prune_sparsity: float = 0.0
     max_retries: int = 2  # fresh starts after a detected failure
     recovery_lr_factor: float = 0.3  # each retry's learning rate: the previous one's times this
     pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
@@ -433,6 +436,9 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
             model.load_embeddings(load_matrix(args.spec["embeddings_url"]))
         if args.init_weights_url and state is None:
             model.load_state_dict(load_state(args.init_weights_url))
+        if args.prune_sparsity > 0:  # masks from the starting weights; a resume loads its own
+            from deepmine.deep.prune import apply_global_pruning
+            apply_global_pruning(model, args.prune_sparsity)
         model = model.to(device)
         # frozen weights (static pretrained embeddings) have no gradient to average
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
