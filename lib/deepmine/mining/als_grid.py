@@ -59,38 +59,52 @@ class Coded:
         return cls(matrix, users, items)
 
 
-def _solve_side(signal: sp.csr_matrix, fixed: np.ndarray, reg: float, alpha: float,
-                implicit: bool) -> np.ndarray:
-    """One half-sweep: the least-squares factors of every row of `signal` given the other side's
+@dataclass
+class _Side:
+    """One side of the fit (users or items), the rows of `signal` to solve, with what its
+    half-sweeps share whatever the other side's factors: the weights (confidence - 1, implicit;
+    1, explicit), the targets (confidence * preference; the rating) and the rows' counts that the
+    regularization scales with (implicit: of positive signals)."""
+    weight: sp.csr_matrix
+    target: sp.csr_matrix
+    counts: np.ndarray
+    implicit: bool
+
+    @classmethod
+    def of(cls, signal: sp.csr_matrix, alpha: float, implicit: bool) -> "_Side":
+        counts = np.diff(signal.indptr).astype(np.float64)
+        if implicit:
+            weight = signal.copy()
+            weight.data = alpha * np.abs(signal.data)  # confidence - 1
+            target = signal.copy()
+            target.data = np.where(signal.data > 0, 1.0 + weight.data, 0.0)
+            counts = np.diff(sp.csr_matrix((signal.data > 0, signal.indices, signal.indptr),
+                                           shape=signal.shape).indptr).astype(np.float64)
+        else:
+            weight = signal.copy()
+            weight.data = np.ones_like(signal.data)
+            target = signal
+        return cls(weight, target, counts, implicit)
+
+
+def _solve_side(side: _Side, fixed: np.ndarray, reg: float) -> np.ndarray:
+    """One half-sweep: the least-squares factors of every row of `side` given the other side's
     `fixed` factors (Spark's NormalEquation, regularization reg * count on the diagonal)."""
     rank = fixed.shape[1]
     outer = (fixed[:, :, None] * fixed[:, None, :]).reshape(len(fixed), rank * rank)
-    counts = np.diff(signal.indptr).astype(np.float64)
-    if implicit:
-        weight = signal.copy()
-        weight.data = alpha * np.abs(signal.data)  # confidence - 1
-        target = signal.copy()
-        target.data = np.where(signal.data > 0, 1.0 + weight.data, 0.0)  # confidence * preference
-        counts = np.diff(sp.csr_matrix((signal.data > 0, signal.indices, signal.indptr),
-                                       shape=signal.shape).indptr).astype(np.float64)
-        gram = fixed.T @ fixed
-    else:
-        weight = signal.copy()
-        weight.data = np.ones_like(signal.data)
-        target = signal
-        gram = None
-    out = np.zeros((signal.shape[0], rank))
+    gram = fixed.T @ fixed if side.implicit else None
+    out = np.zeros((side.weight.shape[0], rank))
     step = max(1, BLOCK_CELLS // (rank * rank))
     eye = np.eye(rank)
-    for start in range(0, signal.shape[0], step):
+    for start in range(0, side.weight.shape[0], step):
         rows = slice(start, start + step)
-        a = np.asarray((weight[rows] @ outer)).reshape(-1, rank, rank)
+        a = np.asarray((side.weight[rows] @ outer)).reshape(-1, rank, rank)
         if gram is not None:
             a += gram
-        n = counts[rows]
+        n = side.counts[rows]
         # a row without signal gets the zero vector (Spark has no factors for it)
         a += (reg * n + (n == 0))[:, None, None] * eye
-        b = np.asarray(target[rows] @ fixed)
+        b = np.asarray(side.target[rows] @ fixed)
         out[rows] = np.linalg.solve(a, b[:, :, None])[:, :, 0]
     return out
 
@@ -104,11 +118,12 @@ def fit(coded: Coded, rank: int, reg: float, alpha: float, implicit: bool, max_i
         f = rng.normal(size=(n, rank))
         return f / np.linalg.norm(f, axis=1, keepdims=True)
     matrix = coded.matrix
-    by_item = matrix.T.tocsr()
+    by_user = _Side.of(matrix, alpha, implicit)
+    by_item = _Side.of(matrix.T.tocsr(), alpha, implicit)
     users, items = start(matrix.shape[0]), start(matrix.shape[1])
     for _ in range(max_iter):
-        items = _solve_side(by_item, users, reg, alpha, implicit)
-        users = _solve_side(matrix, items, reg, alpha, implicit)
+        items = _solve_side(by_item, users, reg)
+        users = _solve_side(by_user, items, reg)
     return users, items
 
 
@@ -176,7 +191,11 @@ def losses(fit_part: pd.DataFrame, valid: pd.DataFrame, point: Point, implicit: 
     """Fit `point` on `fit_part` (customer_id, product_id, strength) and return one loss per
     validation unit, lower is better: squared errors (explicit; `valid` holds the ratings) or
     -NDCG@k per customer (implicit; `valid` holds the relevant pairs)."""
-    coded = Coded.of(fit_part)
+    return _losses(Coded.of(fit_part), valid, point, implicit, k, max_iter, seed)
+
+
+def _losses(coded: Coded, valid: pd.DataFrame, point: Point, implicit: bool, k: int,
+            max_iter: int, seed: int) -> np.ndarray:
     factors = fit(coded, point.rank, point.reg_param, point.alpha, implicit, max_iter, seed)
     if implicit:
         return -ndcg_per_customer(coded, factors, valid, k)
@@ -234,7 +253,8 @@ def search(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point], con
     points): on a small validation split the best of many points is partly luck, and the
     configured point is the one to keep when the evidence does not separate them."""
     ordered = [configured] + [p for p in points if p != configured]
-    per_point = [losses(fit_part, valid, p, implicit, k, max_iter, seed) for p in ordered]
+    coded = Coded.of(fit_part)  # the same matrix for every point
+    per_point = [_losses(coded, valid, p, implicit, k, max_iter, seed) for p in ordered]
     return _choose(ordered, per_point, implicit, k)
 
 
