@@ -88,9 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _stage_parser(sub, "train", "Horovod training of a model on the feature tables, batch "
                       "inference with Spark, metrics")
-    p.add_argument("--model", required=True, choices=["autoencoder", "cnn", "textcnn", "textrnn"],
+    p.add_argument("--model", required=True,
+                   choices=["autoencoder", "cnn", "textcnn", "textrnn", "ncf"],
                    help="autoencoder: deep clustering (DEC/IDEC); cnn: image classifier; "
-                   "textcnn, textrnn: review sentiment")
+                   "textcnn, textrnn: review sentiment; ncf: neural collaborative filtering "
+                   "(recommendations, no --target)")
     p.add_argument("--target", default=None, choices=["customers", "images", "reviews"],
                    help="what the model learns from (default: images, reviews for the text "
                    "models; the CNN takes images only)")

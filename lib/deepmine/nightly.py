@@ -74,7 +74,8 @@ def _lake_stage(module_name: str) -> Callable[[SparkSession, Config, str, Nightl
     return run
 
 
-def _training(model: str, target: str) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
+def _training(model: str, target: str | None
+              ) -> Callable[[SparkSession, Config, str, NightlyInputs], dict]:
     def run(spark: SparkSession, config: Config, run_date: str, inputs: NightlyInputs) -> dict:
         from deepmine.deep.train import run_train
         return run_train(spark, config, run_date, model, target)
@@ -102,6 +103,12 @@ STAGES: list[Stage] = [
           applies=lambda config, inputs: bool(inputs.transactions), needs=("ingest",)),
     # implicit feedback learns from purchases, explicit from ratings
     Stage("recommend", _lake_stage("mining.recommend"), ("mining/recommendations",),
+          applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
+                                              else inputs.transactions),
+          needs=("ingest", "ingest_ratings")),
+    # the neural recommender beside ALS, on the same interactions (recommend.feedback); it reads
+    # the clean input only, so a failed ALS stage does not stop it
+    Stage("train_ncf", _training("ncf", None), ("models/ncf", "predictions/ncf"),
           applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
                                               else inputs.transactions),
           needs=("ingest", "ingest_ratings")),

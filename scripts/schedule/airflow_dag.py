@@ -18,7 +18,7 @@ from airflow.operators.bash import BashOperator
 # The nightly's stage order (lib/deepmine/nightly.py STAGES); a test keeps the two in step.
 # The last three before the report need reviews (input.reviews, ingested with --entity reviews);
 # a shop without reviews removes them here, as the nightly itself skips them.
-STAGES = ["ingest", "rfm", "churn", "forecast", "rules", "recommend", "features",
+STAGES = ["ingest", "rfm", "churn", "forecast", "rules", "recommend", "train_ncf", "features",
           "drift", "train_autoencoder_customers", "train_autoencoder_images", "train_cnn",
           "train_textcnn", "train_textrnn", "review_summary", "report"]
 
@@ -28,6 +28,7 @@ JOBS = {
     "train_autoencoder_customers": ("train", "--model autoencoder --target customers"),
     "train_autoencoder_images": ("train", "--model autoencoder --target images"),
     "train_cnn": ("train", "--model cnn"),
+    "train_ncf": ("train", "--model ncf"),
     "train_textcnn": ("train", "--model textcnn"),
     "train_textrnn": ("train", "--model textrnn"),
 }

@@ -229,6 +229,34 @@ class RecommendConfig:
 
 
 @dataclass
+class NcfConfig:
+    """Neural collaborative filtering, `deepmine train --model ncf` (lib/deepmine/deep/ncf.py,
+    deep/models/ncf.py; He et al. 2017). The interactions follow recommend.feedback: implicit =
+    every (customer, product) bought in clean/transactions, explicit = every rated pair of
+    clean/ratings (any rating counts as an interaction). Each user's latest interaction is the
+    test item, the one before it the validation item (users with 3 or more interactions; with 2,
+    the test item only); the rest is trained on. Training runs through the shared trainer (train.*:
+    num_proc, launcher, patience, budget_seconds, max_retries, lr, seed); the keys below are the
+    model's and the protocol's."""
+    model: Literal["neumf", "gmf", "mlp"] = "neumf"  # He et al.'s three networks
+    factors: int = 16  # GMF's predictive factors (its embedding size)
+    mlp_layers: list[int] = field(default_factory=lambda: [64, 32, 16])  # [0] = 2 x embedding
+    negatives: int = 4  # sampled negatives per training positive (the paper's 4)
+    # training sets sampled in Spark before training, each with fresh negatives (seeded); epoch e
+    # reads set e mod negative_sets. 0 = one per epoch (ncf.epochs of them): fresh every epoch
+    negative_sets: int = 0
+    epochs: int = 20  # most epochs (early stopping on validation HR@k usually ends it sooner)
+    batch_size: int = 256  # per rank
+    lr: float = 0.001  # per rank; multiplied by train.num_proc (Adam)
+    eval_negatives: int = 99  # the items each held-out item is ranked among (the paper's 99)
+    k: int = 10  # cut-off of HR@k, NDCG@k and recall@k (names say k: hr_at_10)
+    top_n: int = 10  # recommendations per customer in predictions/ncf
+    seed: int = 42  # negative sampling, the evaluation lists, the index of the training rows
+    # full-ranking recall@k is computed on at most this many users (a seeded sample); 0 = all
+    recall_users: int = 5000
+
+
+@dataclass
 class TextConfig:
     """Product reviews: ingest checks, labels, text preparation and the baseline
     (lib/deepmine/deep/text.py)."""
@@ -454,6 +482,7 @@ class Config:
     forecast: ForecastConfig = field(default_factory=ForecastConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    ncf: NcfConfig = field(default_factory=NcfConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 

@@ -200,6 +200,15 @@ MINING_FORECAST = T.StructType([
     T.StructField("model", T.StringType(), False),
 ])
 
+# predictions/ncf/run_date=D: NCF's top ncf.top_n products per customer, none it already has;
+# score = the model's probability that the customer takes the product.
+PREDICTIONS_NCF = T.StructType([
+    T.StructField("customer_id", T.StringType(), False),
+    T.StructField("product_id", T.StringType(), False),
+    T.StructField("rank", T.IntegerType(), False),
+    T.StructField("score", T.DoubleType(), False),
+])
+
 # mining/drift/run_date=D: per watched column (lib/deepmine/ops/drift.py), tonight's values
 # against the reference night's (the latest full training of model_stage): PSI over the
 # reference's quantile bins, the two-sample KS statistic and its asymptotic p-value, the values
@@ -244,6 +253,7 @@ TABLES: dict[str, T.StructType] = {
     "predictions/autoencoder_customers": PREDICTIONS_CLUSTERS_CUSTOMERS,
     "predictions/autoencoder_images": PREDICTIONS_CLUSTERS_IMAGES,
     "predictions/cnn": PREDICTIONS_CNN,
+    "predictions/ncf": PREDICTIONS_NCF,
 }
 
 

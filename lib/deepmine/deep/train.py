@@ -1,4 +1,5 @@
-"""Train: `deepmine train --model cnn|autoencoder|textcnn|textrnn --target images|customers|reviews`.
+"""Train: `deepmine train --model cnn|autoencoder|textcnn|textrnn --target images|customers|reviews`
+(and `--model ncf`, the neural recommender: deepmine.deep.ncf, manifest stage `train_ncf`).
 
 One stage per model (manifest names `train_cnn`, `train_textcnn`, `train_textrnn`,
 `train_autoencoder_customers`, `train_autoencoder_images`), each doing, for run date D:
@@ -43,7 +44,7 @@ from deepmine.core.lake import Lake, StageRun
 from deepmine.deep.loader import parquet_parts, split_urls
 from deepmine.deep.trainer import COLLAPSE_SHARE, CheckpointStore, TrainArgs, state_dict_bytes
 
-MODELS = ("autoencoder", "cnn", "textcnn", "textrnn")
+MODELS = ("autoencoder", "cnn", "textcnn", "textrnn", "ncf")
 TEXT_MODELS = ("textcnn", "textrnn")  # sentiment of reviews (deepmine.deep.train_text)
 TARGETS = ("customers", "images", "reviews")
 CUSTOMER_HIDDEN = (64, 32)
@@ -61,6 +62,11 @@ def model_name(model: str, target: str | None) -> str:
     the model's own (images for the CNN and the autoencoder, reviews for the text models)."""
     if model not in MODELS:
         raise ConfigError(f"--model: expected one of {list(MODELS)}, found {model!r}")
+    if model == "ncf":  # learns from interactions (recommend.feedback), not a feature table
+        if target is not None:
+            raise ConfigError("--model ncf learns from the interactions recommend.feedback names "
+                              "(purchases or ratings): leave --target out")
+        return "ncf"
     target = own_target(model, target)
     if target not in TARGETS:
         raise ConfigError(f"--target: expected one of {list(TARGETS)}, found {target!r}")
@@ -320,6 +326,9 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
     """Train `model` on the `target` feature table for `run_date`; publish the model, the
     predictions and the metrics."""
     name = model_name(model, target)
+    if name == "ncf":
+        from deepmine.deep.ncf import run_train_ncf
+        return run_train_ncf(spark, config, run_date)
     target = own_target(model, target)
     lake = Lake(spark, config.lake.root)
     partition = f"run_date={run_date}"

@@ -31,6 +31,10 @@ Tasks:
         input is shifted by up to that many pixels, as DEC-DA does (Guo et al. 2018); the
         target P comes from the clean images.
 
+  ncf   neural collaborative filtering (deepmine.deep.ncf_loop): binary cross-entropy on the
+        positives and sampled negatives of one pre-sampled set per epoch; validated by HR@k and
+        NDCG@k on held-out leave-one-out lists.
+
 Train until learned, within a budget. A seeded `validation_fraction` of the training rows (by a
 hash of row_id and seed, the same on every rank and every epoch) is held out of the gradient. The
 CNN and the autoencoder's pretraining are scored on it after every epoch (CNN: accuracy, ties to
@@ -87,7 +91,8 @@ CHECKPOINT = re.compile(r"^epoch-(\d{4})\.pt$")
 
 @dataclass
 class TrainArgs:
-    task: str  # "cnn" (classifiers: the image CNN and the text models) or "dec"
+    # "cnn" (classifiers: the image CNN and the text models), "dec" or "ncf" (recommenders)
+    task: str
     # the model's name in the lake: cnn, textcnn, textrnn, autoencoder_customers,
     # autoencoder_images
     name: str
@@ -129,6 +134,10 @@ class TrainArgs:
     dec_gamma: float = 0.1
     dec_tolerance: float = 0.001
     kmeans_n_init: int = 10
+    # ncf (deepmine.deep.ncf_loop): the training files of each pre-sampled negative set (epoch e
+    # reads set e mod their number) and the cut-off of the validation HR/NDCG
+    negative_sets: list[list[str]] = field(default_factory=list)
+    top_k: int = 10
     fingerprint: str = ""  # of the inputs and settings: a checkpoint of other inputs is not resumed
     log_prefix: str = ""
 
@@ -453,7 +462,10 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
         hvd.broadcast_parameters(model.state_dict(), root_rank=0)
         hvd.broadcast_optimizer_state(optimizer, root_rank=0)
         ctx = {"attempt": attempt, "attempts": attempts, "lr": lr, "seed": seed}
-        loop = _train_cnn if args.task == "cnn" else _train_dec
+        if args.task == "ncf":
+            from deepmine.deep.ncf_loop import train_ncf as loop
+        else:
+            loop = _train_cnn if args.task == "cnn" else _train_dec
         result = loop(args, r, model, params, optimizer, store, state, device, ctx)
         failure = result["summary"].get("failure")
         if failure is None or attempt >= args.max_retries:

@@ -13,18 +13,21 @@ from torch import nn
 from deepmine.deep.models.autoencoder import ConvAutoencoder, DenseAutoencoder
 from deepmine.deep.models.cnn import CNNClassifier
 from deepmine.deep.models.dec import ClusteringModel, target_distribution
+from deepmine.deep.models.ncf import GMF, KINDS as NCF_KINDS, MLP, NeuMF, build_ncf
 from deepmine.deep.models.text import TextCNN, TextRNN
 
 __all__ = ["ConvAutoencoder", "DenseAutoencoder", "CNNClassifier", "ClusteringModel",
-           "TextCNN", "TextRNN", "target_distribution", "build"]
+           "TextCNN", "TextRNN", "GMF", "MLP", "NeuMF", "target_distribution", "build"]
 
 TEXT_KINDS = ("textcnn", "textrnn")  # classifiers over token ids
 
 
 def build(spec: dict[str, Any]) -> nn.Module:
-    """A model from its spec: {"kind": "cnn" | "textcnn" | "textrnn" | "dense_dec" | "conv_dec",
-    ...}."""
+    """A model from its spec: {"kind": "cnn" | "textcnn" | "textrnn" | "dense_dec" | "conv_dec" |
+    "gmf" | "mlp" | "neumf", ...}."""
     kind = spec["kind"]
+    if kind in NCF_KINDS:
+        return build_ncf(spec)
     if kind == "cnn":
         return CNNClassifier(spec["height"], spec["width"], spec["n_classes"])
     if kind in TEXT_KINDS:
@@ -40,6 +43,6 @@ def build(spec: dict[str, Any]) -> nn.Module:
                              spec.get("input_scale", 1.0))
     else:
         raise ValueError(f"unknown model kind {kind!r}; expected cnn, textcnn, textrnn, "
-                         "dense_dec or conv_dec")
+                         "dense_dec, conv_dec, gmf, mlp or neumf")
     return ClusteringModel(ae, spec["n_clusters"], spec["embedding_dim"], spec.get("alpha", 1.0),
                            spec.get("projection_dim", 0))

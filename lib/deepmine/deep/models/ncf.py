@@ -1,0 +1,109 @@
+"""Neural collaborative filtering (He et al. 2017, "Neural Collaborative Filtering", WWW): GMF,
+MLP and NeuMF, each scoring (user, item) pairs with one logit (the probability that the user
+interacts with the item, through a sigmoid; trained with binary cross-entropy on positives and
+sampled negatives).
+
+Like every model here they take a flat float vector per row: `x` is batch x 2, the user's index
+and the item's index (as floats, exact up to 2^24), so the training loop and batch inference
+handle them like the others.
+
+  GMF    user and item embeddings (`factors` each), their element-wise product, a linear layer.
+  MLP    user and item embeddings (mlp_layers[0] / 2 each) concatenated, a ReLU tower
+         (mlp_layers), a linear layer.
+  NeuMF  both, with their own embeddings, the GMF product and the MLP tower's last layer
+         concatenated into one linear layer (the paper's fusion; trained from scratch here, not
+         from pretrained GMF and MLP).
+
+Initialization as in the paper's code: embeddings N(0, 0.01), tower layers Glorot, the output
+layer LeCun-uniform-like (PyTorch's default).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+KINDS = ("gmf", "mlp", "neumf")
+
+
+class _Pairs(nn.Module):
+    @staticmethod
+    def ids(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = x.round().long()
+        return ids[:, 0], ids[:, 1]
+
+    @staticmethod
+    def _embedding(n: int, dim: int) -> nn.Embedding:
+        e = nn.Embedding(n, dim)
+        nn.init.normal_(e.weight, std=0.01)
+        return e
+
+
+def _tower(layers: tuple[int, ...]) -> nn.Sequential:
+    blocks: list[nn.Module] = []
+    for a, b in zip(layers[:-1], layers[1:]):
+        linear = nn.Linear(a, b)
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        blocks += [linear, nn.ReLU()]
+    return nn.Sequential(*blocks)
+
+
+class GMF(_Pairs):
+    def __init__(self, n_users: int, n_items: int, factors: int = 16):
+        super().__init__()
+        self.user = self._embedding(n_users, factors)
+        self.item = self._embedding(n_items, factors)
+        self.out = nn.Linear(factors, 1)
+
+    def vector(self, x: torch.Tensor) -> torch.Tensor:
+        users, items = self.ids(x)
+        return self.user(users) * self.item(items)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.vector(x)).squeeze(1)
+
+
+class MLP(_Pairs):
+    def __init__(self, n_users: int, n_items: int, layers: tuple[int, ...] = (64, 32, 16)):
+        super().__init__()
+        if layers[0] % 2:
+            raise ValueError(f"mlp_layers[0] is the two embeddings side by side: expected an "
+                             f"even width, found {layers[0]}")
+        self.user = self._embedding(n_users, layers[0] // 2)
+        self.item = self._embedding(n_items, layers[0] // 2)
+        self.tower = _tower(tuple(layers))
+        self.out = nn.Linear(layers[-1], 1)
+
+    def vector(self, x: torch.Tensor) -> torch.Tensor:
+        users, items = self.ids(x)
+        return self.tower(torch.cat([self.user(users), self.item(items)], dim=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.vector(x)).squeeze(1)
+
+
+class NeuMF(nn.Module):
+    def __init__(self, n_users: int, n_items: int, factors: int = 16,
+                 layers: tuple[int, ...] = (64, 32, 16)):
+        super().__init__()
+        self.gmf = GMF(n_users, n_items, factors)
+        self.mlp = MLP(n_users, n_items, layers)
+        # the parts' own output layers are not used: one layer over both vectors
+        del self.gmf.out, self.mlp.out
+        self.out = nn.Linear(factors + layers[-1], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.gmf.vector(x), self.mlp.vector(x)], dim=1)).squeeze(1)
+
+
+def build_ncf(spec: dict) -> nn.Module:
+    """{"kind": "gmf" | "mlp" | "neumf", "n_users", "n_items", "factors", "mlp_layers"}."""
+    kind, users, items = spec["kind"], spec["n_users"], spec["n_items"]
+    layers = tuple(spec.get("mlp_layers", (64, 32, 16)))
+    if kind == "gmf":
+        return GMF(users, items, spec.get("factors", 16))
+    if kind == "mlp":
+        return MLP(users, items, layers)
+    if kind == "neumf":
+        return NeuMF(users, items, spec.get("factors", 16), layers)
+    raise ValueError(f"unknown NCF kind {kind!r}; expected one of {list(KINDS)}")
