@@ -176,10 +176,10 @@ def ncf_run(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("ncf")
     generate_transactions(root / "in", lines=12000, seed=7, dirty_rate=0.0)
     config = load_config(None, [f"lake.root={root / 'lake'}", "spark.ui_enabled=false",
-                                "features.row_groups=2", "ncf.epochs=8", "ncf.negative_sets=4",
+                                "features.row_groups=2", "ncf.epochs=5", "ncf.negative_sets=2",
                                 "ncf.batch_size=512", "ncf.lr=0.003", "train.patience=3",
-                                "train.budget_seconds=0", "recommend.tune_alpha=[1.0]",
-                                "recommend.tune_reg_param=[0.1,0.3]"])
+                                "train.budget_seconds=0", "recommend.tune=false",
+                                "ncf.recall_users=300"])
     run_ingest(spark, config, "2026-11-22", str(root / "in" / "transactions.csv"),
                "transactions")
     run_train(spark, config, "2026-11-22", "ncf", None)
