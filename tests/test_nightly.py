@@ -239,4 +239,4 @@ def test_stage_commands_that_write_take_the_lock(spark, tmp_path, capsys):
         assert lake.read_manifest(DATE)["stages"] == {}
     from deepmine.cli import WRITES_LAKE, build_parser
     stages = set(build_parser()._subparsers._group_actions[0].choices)  # every command
-    assert WRITES_LAKE == stages - {"nightly", "generate", "samples", "submit", "doctor"}
+    assert WRITES_LAKE == stages - {"nightly", "generate", "samples", "submit", "doctor", "models"}
