@@ -625,6 +625,10 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
                  "items.json": json.dumps(item_ids).encode(),
                  "model.torchscript.pt": torchscript_bytes(model, torch.zeros(2, 2))}
         model_url = publish_model_files(lake, NAME, run_date, files)
+        if config.mlflow.enabled:  # registered, promoted on its gate (deepmine.deep.registry)
+            from deepmine.deep.train import keep_fresh
+            rows = keep_fresh(run, lake, config, NAME, run_date, args, metrics, files, model_url,
+                               None, None, CUSTOMER, partition, rows, None)
         run.counts["predictions"] = rows
         run.metrics.update(metrics)
         run.outputs.update(model=model_url, predictions=lake.partition_url(PREDICTIONS, partition),

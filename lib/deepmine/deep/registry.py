@@ -33,8 +33,8 @@ The validation score (`validation_score`) is the CNN's test accuracy and a text 
 The champion is scored with its own spec and weights; when its spec differs from tonight's (a
 new vocabulary, another feature dimension), its inputs are laid out differently and it cannot be
 scored on tonight's rows: tonight's version is then promoted if its gate passed, and the
-manifest says why. The autoencoders have no labelled held-out rows: their versions are promoted
-when their gate passes.
+manifest says why. The autoencoders have no labelled held-out rows, and NCF's lists and user
+and item indexes are its own each night: their versions are promoted when their gate passes.
 """
 from __future__ import annotations
 
@@ -253,9 +253,11 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
     from deepmine.deep.predict import predict
     registry = open_registry(config)
     champion = registry.champion(name)
-    score = validation_score(args.spec, features, predictions, id_column)
+    # no feature table (the recommender ranks lists of its own): promoted on its gate
+    score = validation_score(args.spec, features, predictions, id_column) \
+        if features is not None else None
     champion_score, champion_predictions, comparable = None, None, False
-    if champion is not None:
+    if champion is not None and features is not None:
         spec, weights = registry.read_model(champion)
         comparable = spec == args.spec
         if comparable:
@@ -284,7 +286,8 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
               "promoted": decision.promote, "reason": decision.reason,
               "champion": version if decision.promote else (champion.version if champion else None),
               "validation_score": score, "champion_score": champion_score,
-              "champion_comparable": comparable if champion is not None else None,
+              "champion_comparable": comparable if champion is not None and features is not None
+              else None,
               "predictions_from": "tonight" if served is None else f"champion {champion.version}",
               "tracking_uri": registry.uri}
     return record, served

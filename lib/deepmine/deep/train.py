@@ -413,7 +413,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
                  **extra_files}
         model_url = publish_model_files(lake, name, run_date, files)
         if config.mlflow.enabled:
-            rows = _keep_fresh(run, lake, config, name, run_date, args, metrics, files,
+            rows = keep_fresh(run, lake, config, name, run_date, args, metrics, files,
                                model_url, features, published, id_column, partition, rows, plan)
         run.counts.update(rows_trained=max((int(h.get("samples", 0)) for h in history), default=0),
                           predictions=rows)
@@ -424,7 +424,7 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
     return {**run.counts, "metrics": run.metrics}
 
 
-def _keep_fresh(run: StageRun, lake: Lake, config: Config, name: str, run_date: str, args,
+def keep_fresh(run: StageRun, lake: Lake, config: Config, name: str, run_date: str, args,
                 metrics: dict, files: dict, model_url: str, features, published, id_column: str,
                 partition: str, rows: int, plan: dict | None) -> int:
     """Register tonight's model and move the champion alias (deepmine.deep.registry); when the
