@@ -10,12 +10,19 @@ With recommend's defaults (lib/deepmine/core/config.py, RecommendConfig) unless 
               and the other ranking metrics beside the popularity baseline
   generated   for each size (lines): generated transactions, implicit; the evaluation (NDCG@10 vs
               popularity) timed, then the fit on all history timed alone and the top-N for every
-              customer timed
+              customer timed; with --peer implicit, the `implicit` library's ALS (single node, CPU,
+              2 threads) beside it on the same split: same rank, sweeps and confidence
+              (1 + alpha * purchase count, recommend's tuned point), its regularization is plain
+              lambda (Spark scales it by each user's/item's count); NDCG@10 by
+              als_grid.ndcg_per_customer, the stage's definition; fit and top-N timed
 Inputs are cached in memory before any clock starts (reading CSV is not what is measured).
 Results: a table on stdout and bench-results/recommend.json.
 
     .venv/bin/python scripts/bench/recommend.py                       # the full run
     .venv/bin/python scripts/bench/recommend.py --sizes 20000 --movielens-seeds 42 --quick
+    .venv/bin/pip install implicit==0.7.3      # the peer; not part of the stack (setup.sh)
+    .venv/bin/python scripts/bench/recommend.py --skip movielens instacart --peer implicit \
+        --sizes 100000 1000000
 """
 from __future__ import annotations
 
@@ -50,6 +57,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer ALS sweeps (max_iter 5): "
                         "checks that the script runs, the figures mean little")
     parser.add_argument("--workdir", default=None, help="default: a temporary directory")
+    parser.add_argument("--peer", choices=["implicit"], default=None,
+                        help="also run the implicit library's ALS on the generated sizes "
+                             "(pip install implicit==0.7.3)")
     args = parser.parse_args()
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
 
@@ -81,10 +91,52 @@ def main() -> None:
                         F.col("quantity").cast("long").alias("quantity"),
                         F.to_timestamp("invoice_ts").alias("invoice_ts")))
 
-    def implicit_row(dataset: str, lines, extra: dict) -> dict:
+    def implicit_peer(cfg, params, data) -> dict:
+        """The implicit library's ALS on the evaluation split and on all pairs, timed."""
+        import numpy as np
+        import scipy.sparse as sp
+        from threadpoolctl import threadpool_limits
+        from implicit.cpu.als import AlternatingLeastSquares
+
+        from deepmine.mining import als_grid
+        split = rec.holdout(params, cfg, data)
+        train = rec.purchase_counts(split.where(~F.col(rec.HELD_OUT))).persist()
+        relevant = rec.new_relevant(split.where(F.col(rec.HELD_OUT)), train).toPandas()
+        train_frame = train.toPandas()
+        train.unpersist()
+        all_frame = rec.purchase_counts(data).toPandas()
+
+        def fit(frame):
+            coded = als_grid.Coded.of(frame)
+            confidence = coded.matrix.copy()
+            confidence.data = 1.0 + params.alpha * confidence.data  # Spark's 1 + alpha * r
+            model = AlternatingLeastSquares(
+                factors=params.rank, regularization=params.reg_param, alpha=1.0,
+                iterations=params.max_iter, random_state=params.seed, num_threads=2,
+                calculate_training_loss=False)
+            with threadpool_limits(1, "blas"):
+                model.fit(sp.csr_matrix(confidence, dtype=np.float32), show_progress=False)
+            return coded, model
+        (coded, model), eval_fit_s = timed(fit, train_frame)
+        factors = (np.asarray(model.user_factors, np.float64),
+                   np.asarray(model.item_factors, np.float64))
+        ndcg = float(als_grid.ndcg_per_customer(coded, factors, relevant, cfg.metrics_k).mean())
+        (coded, model), fit_s = timed(fit, all_frame)
+
+        def top_n():
+            ids, _ = model.recommend(np.arange(coded.matrix.shape[0]), coded.matrix.tocsr(),
+                                     N=cfg.top_n, filter_already_liked_items=True)
+            return ids.size
+        _, top_s = timed(top_n)
+        return {"peer": "implicit", "peer_eval_fit_s": eval_fit_s, "peer_fit_all_s": fit_s,
+                "peer_top_n_all_s": top_s, f"peer_ndcg_at_{cfg.metrics_k}": ndcg}
+
+    def implicit_row(dataset: str, lines, extra: dict, peer: bool = False) -> dict:
         data = rec.purchase_lines(lines).persist()
         n_lines = data.count()
         cfg, params = params_for("implicit")
+        if cfg.tune:  # the point the stage would fit (the peer is fit at the same one)
+            params, _ = rec.tune(params, cfg, data)
         (metrics, counts), eval_s = timed(rec.evaluate, params, cfg, data)
         interactions = rec.purchase_counts(data).persist()
         n_pairs = interactions.count()
@@ -94,13 +146,22 @@ def main() -> None:
                                                       cfg.top_n).count())
         fitted.unpersist()
         interactions.unpersist()
+        peer_row = implicit_peer(cfg, params, data) if peer else {}
         data.unpersist()
         k = cfg.metrics_k
         row = {"dataset": dataset, "feedback": "implicit", **extra, "purchase_lines": n_lines,
                "pairs": n_pairs, "evaluate_s": eval_s, "fit_all_s": fit_s, "top_n_all_s": top_s,
                "recommendations": top, f"ndcg_at_{k}": metrics[f"ndcg_at_{k}"],
                f"baseline_ndcg_at_{k}": metrics[f"baseline_ndcg_at_{k}"],
-               "metrics": metrics, "counts": counts}
+               "metrics": metrics, "counts": counts, **peer_row}
+        if peer_row:
+            spark_s, peer_s = fit_s + top_s, peer_row["peer_fit_all_s"] + peer_row["peer_top_n_all_s"]
+            row["lines_per_s"] = round(n_lines / spark_s)
+            row["peer_lines_per_s"] = round(n_lines / peer_s)
+            row["peer_time_over_spark"] = round(peer_s / spark_s, 3)
+            print(f"{dataset}: implicit ndcg@{k} {peer_row[f'peer_ndcg_at_{k}']:.4f}; fit "
+                  f"{peer_row['peer_fit_all_s']}s, top-N {peer_row['peer_top_n_all_s']}s; "
+                  f"time peer/Spark {row['peer_time_over_spark']}", flush=True)
         print(f"{dataset}: ndcg@{k} {row[f'ndcg_at_{k}']:.4f} vs popularity "
               f"{row[f'baseline_ndcg_at_{k}']:.4f}; evaluate {eval_s}s, fit {fit_s}s, "
               f"top-N {top_s}s", flush=True)
@@ -160,14 +221,17 @@ def main() -> None:
             truth, gen_s = timed(generate_transactions, out, lines=n, seed=args.seed)
             row = implicit_row(f"generated-{n}", read_transactions(out / "transactions.csv"),
                                {"lines": n, "customers": truth["counts"]["customers"],
-                                "products": truth["counts"]["products"], "generate_s": gen_s})
+                                "products": truth["counts"]["products"], "generate_s": gen_s},
+                               peer=args.peer == "implicit")
             results["generated"].append(row)
             table.append(row)
             shutil.rmtree(out, ignore_errors=True)
 
     columns = ["dataset", "feedback", "split_seed", "lines", "pairs", "tune_s", "evaluate_s",
                "fit_all_s",
-               "top_n_all_s", "rmse", "mae", "baseline_rmse", "ndcg_at_10", "baseline_ndcg_at_10"]
+               "top_n_all_s", "rmse", "mae", "baseline_rmse", "ndcg_at_10", "baseline_ndcg_at_10",
+               "peer_fit_all_s", "peer_top_n_all_s", "peer_ndcg_at_10", "lines_per_s",
+               "peer_lines_per_s", "peer_time_over_spark"]
     columns = [c for c in columns if any(c in r for r in table)]
     publish("recommend", table, meta={"by_dataset": results}, columns=columns)
     spark.stop()

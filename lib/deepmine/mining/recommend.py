@@ -537,15 +537,31 @@ def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int) -> dict
     the definitions of Spark's RankingMetrics (precisionAt, recallAt, meanAveragePrecisionAt,
     ndcgAt).
     """
-    # one row per customer with a relevant product: its relevant set and its list (sorted by rank)
-    # side by side, one join; the sums run over the list with higher-order functions
+    out = ranking_metrics_of({"": recommended}, relevant, k)[""]
+    out.pop("relevant_pairs")
+    return out
+
+
+def ranking_metrics_of(lists: dict[str, DataFrame], relevant: DataFrame,
+                       k: int) -> dict[str, dict[str, Any]]:
+    """`ranking_metrics` of several lists (name -> recommended) against the same relevant pairs,
+    in one pass: the relevant sets are built and joined once, one aggregation scores every list.
+    Each result also has `relevant_pairs` (the distinct relevant pairs of its customers)."""
+    wanted = list(lists)
+    names = relevant.sparkSession.createDataFrame([(name,) for name in wanted], "_list string")
+    recommended = None
+    for name, frame in lists.items():
+        frame = frame.select(F.lit(name).alias("_list"), CUSTOMER, PRODUCT, "rank")
+        recommended = frame if recommended is None else recommended.unionByName(frame)
+    # one row per (list, customer with a relevant product): its relevant set and its list (sorted
+    # by rank) side by side, one join; the sums run over the list with higher-order functions
     relevant = (relevant.select(CUSTOMER, PRODUCT).distinct().groupBy(CUSTOMER)
-                .agg(F.collect_set(PRODUCT).alias("_rel")))
-    lists = (recommended.where(F.col("rank") <= k).groupBy(CUSTOMER)
+                .agg(F.collect_set(PRODUCT).alias("_rel")).crossJoin(F.broadcast(names)))
+    lists = (recommended.where(F.col("rank") <= k).groupBy("_list", CUSTOMER)
              .agg(F.array_sort(F.collect_list(F.struct(F.col("rank").alias("r"),
                                                        F.col(PRODUCT).alias("p")))).alias("_recs")))
-    per_customer = relevant.join(lists, CUSTOMER, "left").select(
-        F.size("_rel").alias("_n_rel"),
+    per_customer = relevant.join(lists, ["_list", CUSTOMER], "left").select(
+        "_list", F.size("_rel").alias("_n_rel"),
         F.coalesce("_recs", F.array().cast("array<struct<r:int,p:string>>")).alias("_recs"),
         "_rel")
 
@@ -557,24 +573,31 @@ def ranking_metrics(recommended: DataFrame, relevant: DataFrame, k: int) -> dict
                                                             .alias("s"))).otherwise(acc),
                      lambda acc: acc["s"])
     per_customer = per_customer.select(
-        "_n_rel",
+        "_list", "_n_rel",
         F.size(F.filter("_recs", hit)).alias("_hits"),
         ap.alias("_ap_sum"),
         F.aggregate("_recs", F.lit(0.0), lambda acc, x: acc + F.when(
             hit(x), 1.0 / F.log2(x["r"] + 1)).otherwise(0.0)).alias("_dcg"))
     ideal = F.aggregate(F.sequence(F.lit(1), F.least("_n_rel", F.lit(k))), F.lit(0.0),
                         lambda acc, i: acc + 1.0 / F.log2(i + 1))
-    row = per_customer.agg(
+    rows = {row["_list"]: row for row in per_customer.groupBy("_list").agg(
         F.count(F.lit(1)).alias("customers"),
+        F.sum("_n_rel").alias("relevant_pairs"),
         F.avg(F.col("_hits") / F.lit(k)).alias("precision"),
         F.avg(F.col("_hits") / F.col("_n_rel")).alias("recall"),
         F.avg(F.col("_ap_sum") / F.least("_n_rel", F.lit(k))).alias("map"),
-        F.avg(F.col("_dcg") / ideal).alias("ndcg")).first()
-    # no customer with a relevant held-out product: nothing was measured, so None (null in the
-    # manifest), not a score of 0
-    return {f"precision_at_{k}": row["precision"], f"recall_at_{k}": row["recall"],
-            f"map_at_{k}": row["map"], f"ndcg_at_{k}": row["ndcg"],
-            "customers": row["customers"]}
+        F.avg(F.col("_dcg") / ideal).alias("ndcg")).collect()}
+    out = {}
+    for name in wanted:
+        row = rows.get(name)
+        # no customer with a relevant held-out product: nothing was measured, so None (null in
+        # the manifest), not a score of 0
+        out[name] = {f"precision_at_{k}": row and row["precision"],
+                     f"recall_at_{k}": row and row["recall"], f"map_at_{k}": row and row["map"],
+                     f"ndcg_at_{k}": row and row["ndcg"],
+                     "customers": row["customers"] if row else 0,
+                     "relevant_pairs": row["relevant_pairs"] if row else 0}
+    return out
 
 
 def rating_metrics(predictions: DataFrame, label: str = STRENGTH,
@@ -596,14 +619,16 @@ def score_implicit(train_lines: DataFrame, test_lines: DataFrame, params: AlsPar
     targets = relevant.select(CUSTOMER).distinct()
     fitted = fit_als(train, params)
     try:
-        als = ranking_metrics(top_unseen_als(fitted, targets, train, k), relevant, k)
-        out: dict[str, Any] = {"als": als}
+        # both lists scored in one pass over the relevant sets
+        lists = {"als": top_unseen_als(fitted, targets, train, k)}
         if baseline:
-            pop = top_unseen_popular(popularity(train), targets, train, k)
-            out["baseline"] = ranking_metrics(pop, relevant, k)
+            lists["baseline"] = top_unseen_popular(popularity(train), targets, train, k)
+        out: dict[str, Any] = ranking_metrics_of(lists, relevant, k)
+        als = out["als"]
         out["counts"] = {"train_pairs": train.count(), "test_customers": als.pop("customers"),
-                         "test_relevant_pairs": relevant.count()}
-        out.get("baseline", {}).pop("customers", None)
+                         "test_relevant_pairs": als.pop("relevant_pairs")}
+        for name in ("customers", "relevant_pairs"):
+            out.get("baseline", {}).pop(name, None)
         return out
     finally:
         fitted.unpersist()
@@ -648,8 +673,8 @@ def holdout(params: AlsParams, cfg: RecommendConfig, data: DataFrame,
     return split_random(data, cfg.test_fraction, cfg.seed, salt)
 
 
-def tune(params: AlsParams, cfg: RecommendConfig,
-         data: DataFrame) -> tuple[AlsParams, dict[str, Any]]:
+def tune(params: AlsParams, cfg: RecommendConfig, data: DataFrame,
+         split: DataFrame | None = None) -> tuple[AlsParams, dict[str, Any]]:
     """Grid search on a validation split cut from the training part of the evaluation split of
     `data` (the held-out test part is never seen), in numpy on the driver (deepmine.mining.als_grid);
     returns the chosen parameters and the manifest's entries: `tuning` (every point's validation
@@ -660,8 +685,13 @@ def tune(params: AlsParams, cfg: RecommendConfig,
 
     Above tune_max_rows rows the grid runs on the rows of a seeded hash sample of the customers:
     each customer keeps all its rows, so the per-customer counts that ALS's regularization scales
-    with stay as they are."""
-    data = holdout(params, cfg, data).where(~F.col(HELD_OUT)).drop(HELD_OUT)
+    with stay as they are.
+
+    `split`: the evaluation split of `data` (`holdout(params, cfg, data)`) when the caller has it
+    already, as run_recommend does so that tuning and evaluation do not each compute it."""
+    if split is None:
+        split = holdout(params, cfg, data)
+    data = split.where(~F.col(HELD_OUT)).drop(HELD_OUT)
     total = data.count()
     if total > cfg.tune_max_rows:
         share = cfg.tune_max_rows / total
@@ -725,10 +755,14 @@ def _explicit_choice(params: AlsParams, point: als_grid.Point, model: dict) -> A
     return chosen
 
 
-def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[dict, dict]:
+def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame,
+             split: DataFrame | None = None) -> tuple[dict, dict]:
     """Score ALS and its baseline on the held-out split of `data` (purchase lines for implicit,
-    rating interactions for explicit); returns (metrics, counts)."""
-    split = holdout(params, cfg, data).persist()
+    rating interactions for explicit); returns (metrics, counts). `split`: that split, when the
+    caller has it already (see `tune`); the caller then owns its cache."""
+    own = split is None
+    if own:
+        split = holdout(params, cfg, data).persist()
     try:
         train, test = split.where(~F.col(HELD_OUT)), split.where(F.col(HELD_OUT))
         if params.implicit:
@@ -736,7 +770,8 @@ def evaluate(params: AlsParams, cfg: RecommendConfig, data: DataFrame) -> tuple[
         else:
             scored = score_explicit(train, test, params)
     finally:
-        split.unpersist()
+        if own:
+            split.unpersist()
     metrics = dict(scored["als"])
     metrics.update({f"baseline_{name}": value for name, value in scored["baseline"].items()})
     metrics["baseline"] = ("popularity: products by number of buyers in the training part"
@@ -806,6 +841,10 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
             cached = [interactions]
         customers = seen.select(CUSTOMER).distinct()
         fitted = None
+        if cfg.tune or cfg.evaluate:
+            # the evaluation's split, which tuning cuts its validation part from: made once
+            split = holdout(params, cfg, data).persist()
+            cached.append(split)
         try:
             size = interactions.agg(F.count(F.lit(1)).alias("interactions"),
                                     F.countDistinct(PRODUCT).alias("products")).first()
@@ -815,11 +854,11 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
             run.counts.update(interactions=size["interactions"], customers=customers.count(),
                               products=size["products"])
             if cfg.tune:
-                params, tuning = tune(params, cfg, data)
+                params, tuning = tune(params, cfg, data, split)
                 run.metrics.update(tuning)
             run.metrics["params"] = params.describe()
             if cfg.evaluate:
-                metrics, counts = evaluate(params, cfg, data)
+                metrics, counts = evaluate(params, cfg, data, split)
                 run.metrics.update(metrics)
                 run.counts.update(counts)
                 _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
