@@ -56,6 +56,7 @@ from pyspark.sql import functions as F
 
 from deepmine.core.config import Config, ConfigError
 from deepmine.core.lake import Lake, StageRun
+from deepmine.mining.recommend import read_input
 
 NAME = "ncf"
 TRAIN_TABLE, VALIDATION_TABLE, TEST_TABLE = ("features/ncf_train", "features/ncf_validation",
@@ -90,24 +91,15 @@ def interactions(lake: Lake, feedback: str, run_date: str) -> tuple[DataFrame, D
     """(customer_id, product_id, ts, strength) one row per pair, and every (customer_id,
     product_id) the customer has (what the predictions exclude)."""
     if feedback == "implicit":
-        history = _history(lake, "clean/transactions", run_date)
+        history = read_input(lake, "clean/transactions", run_date, "train_ncf")
         pairs = (history.where(F.col("quantity") > 0).groupBy(CUSTOMER, PRODUCT)
                  .agg(F.min("invoice_ts").alias("ts"),
                       F.countDistinct("invoice_id").cast("double").alias("strength")))
         return pairs, history.select(CUSTOMER, PRODUCT).distinct()
-    history = _history(lake, "clean/ratings", run_date)
+    history = read_input(lake, "clean/ratings", run_date, "train_ncf")
     pairs = (history.groupBy(F.col("user_id").alias(CUSTOMER), F.col("item_id").alias(PRODUCT))
              .agg(F.max("rated_ts").alias("ts"), F.lit(1.0).alias("strength")))
     return pairs, pairs.select(CUSTOMER, PRODUCT)
-
-
-def _history(lake: Lake, table: str, run_date: str) -> DataFrame:
-    try:
-        return lake.read_history(table, run_date)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"train_ncf: no {table} in the lake at {lake.url(table)}; ingest "
-                                f"some up to {run_date} first (recommend.feedback says which)"
-                                ) from None
 
 
 def index_pairs(pairs: DataFrame) -> tuple[DataFrame, list[str], list[str]]:

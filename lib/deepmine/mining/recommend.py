@@ -793,11 +793,12 @@ def recommend_top_n(fitted: FittedAls | FittedModel, interactions: DataFrame,
     return als.unionByName(pop)
 
 
-def _read_input(lake: Lake, table: str, run_date: str) -> DataFrame:
+def read_input(lake: Lake, table: str, run_date: str, stage: str = "recommend") -> DataFrame:
+    """`table`'s history up to `run_date`, or an error that says what to ingest."""
     try:
         return lake.read_history(table, run_date)
     except FileNotFoundError:
-        raise FileNotFoundError(f"recommend: no {table} in the lake at {lake.url(table)}; ingest "
+        raise FileNotFoundError(f"{stage}: no {table} in the lake at {lake.url(table)}; ingest "
                                 f"some up to {run_date} first (deepmine ingest ... --entity "
                                 f"{table.split('/')[1]})") from None
 
@@ -829,13 +830,13 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
     with StageRun(lake, run_date, "recommend") as run, _checkpoints_of_this_stage(spark, lake):
         run.metrics["feedback"] = cfg.feedback
         if params.implicit:
-            history = _read_input(lake, "clean/transactions", run_date)
+            history = read_input(lake, "clean/transactions", run_date)
             data = purchase_lines(history).persist()  # what evaluation and tuning split
             interactions = purchase_counts(data).persist()
             seen = history.select(CUSTOMER, PRODUCT).distinct().persist()
             cached = [data, interactions, seen]
         else:
-            history = _read_input(lake, "clean/ratings", run_date)
+            history = read_input(lake, "clean/ratings", run_date)
             data = interactions = rating_interactions(history).persist()
             seen = interactions.select(CUSTOMER, PRODUCT)
             cached = [interactions]
