@@ -68,7 +68,7 @@ def _validate(args, r, model, device) -> dict[str, float]:
 
 def train_ncf(args, r, model, params, optimizer, store, state, device, ctx) -> dict[str, Any]:
     import time
-    from deepmine.deep.trainer import (EarlyStop, _batches, _clone, _finite, _out_of_time, _save,
+    from deepmine.deep.trainer import (EarlyStop, _batches, _clone, _epoch_stop, _finite, _save,
                                        _step, _summary, seed_epoch)
     history: list[dict] = list(state["history"]) if state else []
     if state and state.get("finished"):
@@ -121,11 +121,7 @@ def train_ncf(args, r, model, params, optimizer, store, state, device, ctx) -> d
         r.log(f"{args.log_prefix} epoch {epoch + 1}/{args.epochs} loss={entry['loss']:.4f} "
               f"val_hr@{k}={val['hr']:.4f} val_ndcg@{k}={val['ndcg']:.4f} "
               f"{entry['samples_per_s']:.0f} samples/s{' *' if improved else ''}")
-        if failure is None and stop.exhausted:
-            stop_reason = "patience"
-        elif failure is None and epoch + 1 < args.epochs and _out_of_time(
-                r, args.budget_seconds, elapsed, time.perf_counter() - t0):
-            stop_reason = "budget"
+        stop_reason = _epoch_stop(args, r, stop, failure, epoch, elapsed, t0)
         if failure is not None or stop_reason != "max_epochs" or epoch + 1 >= args.epochs:
             break
         _save(args, r, store, epoch, model, optimizer,

@@ -394,6 +394,17 @@ def _out_of_time(r: "Rank", budget: float, elapsed: float, epoch_seconds: float)
     return r.sum([1.0 if elapsed + epoch_seconds > budget else 0.0], "budget").item() > 0
 
 
+def _epoch_stop(args, r: "Rank", stop, failure, epoch: int, elapsed: float, t0: float) -> str:
+    """Why training ends after `epoch`: patience, budget (one more epoch would overrun it), or
+    max_epochs (it goes on when nothing failed and epochs remain)."""
+    if failure is None and stop.exhausted:
+        return "patience"
+    if failure is None and epoch + 1 < args.epochs and _out_of_time(
+            r, args.budget_seconds, elapsed, time.perf_counter() - t0):
+        return "budget"
+    return "max_epochs"
+
+
 def _finite(*values: float) -> bool:
     return all(math.isfinite(v) for v in values)
 
@@ -553,11 +564,7 @@ def _train_cnn(args, r, model, params, optimizer, store, state, device, ctx) -> 
               f"val_loss={entry['val_loss']:.4f} val_accuracy={entry['val_accuracy']:.4f} "
               f"test_accuracy={entry['test_accuracy']:.4f} {entry['samples_per_s']:.0f} samples/s"
               f"{' *' if improved else ''}")
-        if failure is None and stop.exhausted:
-            stop_reason = "patience"
-        elif failure is None and epoch + 1 < args.epochs and _out_of_time(
-                r, args.budget_seconds, elapsed, time.perf_counter() - t0):
-            stop_reason = "budget"
+        stop_reason = _epoch_stop(args, r, stop, failure, epoch, elapsed, t0)
         done = failure is not None or stop_reason != "max_epochs" or epoch + 1 >= args.epochs
         if not done:
             _save(args, r, store, epoch, model, optimizer,
