@@ -134,6 +134,7 @@ class Registry:
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow import MlflowClient
         self.config = config
+        self._models: dict[tuple[str, str], tuple[dict, bytes]] = {}
         self.uri = tracking_uri(config)
         self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
         found = self.client.get_experiment_by_name(config.mlflow.experiment)
@@ -223,13 +224,17 @@ class Registry:
 
 
     def read_model(self, version) -> tuple[dict, bytes]:
-        """A version's spec and weights, from its run's artifacts."""
-        with tempfile.TemporaryDirectory() as tmp:
-            local = self.client.download_artifacts(version.run_id, "model", tmp)
-            with open(os.path.join(local, "spec.json")) as f:
-                spec = json.load(f)
-            with open(os.path.join(local, "weights.pt"), "rb") as f:
-                return spec, f.read()
+        """A version's spec and weights, from its run's artifacts; downloaded once per version
+        (the warm-start plan and the promotion both read the champion's)."""
+        key = (version.name, str(version.version))
+        if key not in self._models:
+            with tempfile.TemporaryDirectory() as tmp:
+                local = self.client.download_artifacts(version.run_id, "model", tmp)
+                with open(os.path.join(local, "spec.json")) as f:
+                    spec = json.load(f)
+                with open(os.path.join(local, "weights.pt"), "rb") as f:
+                    self._models[key] = (spec, f.read())
+        return self._models[key]
 
 
 def _params(args) -> dict[str, Any]:
