@@ -196,10 +196,16 @@ def run_drift(spark: SparkSession, config: Config, run_date: str) -> dict:
             shared = {name: expr for name, expr in now.items() if name in before}
             if not shared:
                 continue
-            current = long_values(lake.read(watched.table, partition), shared)
+            # each side is read by the quantiles, the bin counts and the KS pass: once from disk
+            current = long_values(lake.read(watched.table, partition), shared).persist()
             reference = long_values(lake.read(watched.table, f"run_date={reference_day}"),
-                                    {name: before[name] for name in shared})
-            for r in compare(reference, current, cfg):
+                                    {name: before[name] for name in shared}).persist()
+            try:
+                compared = compare(reference, current, cfg)
+            finally:
+                current.unpersist()
+                reference.unpersist()
+            for r in compared:
                 rows.append({"table": watched.table, **r, "reference_date": reference_day,
                              "model_stage": watched.model_stage})
                 if r["drifted"]:
