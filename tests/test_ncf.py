@@ -163,7 +163,52 @@ def test_networks_score_pairs_and_learn_a_planted_preference(kind):
     assert ((model(x) > 0).float() == y).float().mean() > 0.95
 
 
+def test_pretrained_neumf_starts_from_the_parts_with_the_alpha_weighted_output():
+    from deepmine.deep.models import build
+    from deepmine.deep.models.ncf import neumf_state_from_parts
+    torch.manual_seed(0)
+    shape = {"n_users": 7, "n_items": 5, "factors": 4, "mlp_layers": [8, 4]}
+    gmf, mlp = build({**shape, "kind": "gmf"}), build({**shape, "kind": "mlp"})
+    neumf = build({**shape, "kind": "neumf"})
+    neumf.load_state_dict(neumf_state_from_parts(gmf.state_dict(), mlp.state_dict(), 0.3))
+    x = torch.stack([torch.arange(7).repeat_interleave(5), torch.arange(5).repeat(7)], 1).float()
+    with torch.no_grad():  # the start is the alpha-weighted sum of the parts' logits
+        assert torch.allclose(neumf(x), 0.3 * gmf(x) + 0.7 * mlp(x), atol=1e-6)
+    assert torch.equal(neumf.gmf.user.weight, gmf.user.weight)
+    assert torch.equal(neumf.mlp.tower[0].weight, mlp.tower[0].weight)
+
+
+def test_sgd_step_is_a_plain_step_on_the_averaged_gradients():
+    from deepmine.deep.ncf_loop import sgd_step
+
+    class Averaging:  # stands in for Horovod's optimizer: synchronize averages across ranks
+        def __init__(self, params):
+            self.params, self.synchronized = params, 0
+
+        def zero_grad(self):
+            for p in self.params:
+                p.grad = None
+
+        def synchronize(self):
+            self.synchronized += 1
+            for p in self.params:
+                p.grad.mul_(0.5)  # as if the other rank's gradient were 0
+
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    opt = Averaging([w])
+    sgd_step(opt, [w], (w * torch.tensor([3.0, 4.0])).sum(), lr=0.1)
+    assert opt.synchronized == 1 and torch.allclose(w.detach(), torch.tensor([0.85, -2.2]))
+    sgd_step(opt, [w], None, lr=0.1)  # a rank with no batch left: zero gradient, no move
+    assert opt.synchronized == 2 and torch.allclose(w.detach(), torch.tensor([0.85, -2.2]))
+
+
 # --------------------------------------------------------------------------- the stage
+
+STAGE_SETTINGS = ["spark.ui_enabled=false", "features.row_groups=2", "ncf.epochs=5",
+                  "ncf.negative_sets=2", "ncf.batch_size=512", "ncf.lr=0.003",
+                  "train.patience=3", "train.budget_seconds=0", "recommend.tune=false",
+                  "ncf.recall_users=300"]
+
 
 @pytest.fixture(scope="module")
 def ncf_run(spark, tmp_path_factory):
@@ -175,11 +220,7 @@ def ncf_run(spark, tmp_path_factory):
     from deepmine.deep.train import run_train
     root = tmp_path_factory.mktemp("ncf")
     generate_transactions(root / "in", lines=12000, seed=7, dirty_rate=0.0)
-    config = load_config(None, [f"lake.root={root / 'lake'}", "spark.ui_enabled=false",
-                                "features.row_groups=2", "ncf.epochs=5", "ncf.negative_sets=2",
-                                "ncf.batch_size=512", "ncf.lr=0.003", "train.patience=3",
-                                "train.budget_seconds=0", "recommend.tune=false",
-                                "ncf.recall_users=300"])
+    config = load_config(None, [f"lake.root={root / 'lake'}", *STAGE_SETTINGS])
     run_ingest(spark, config, "2026-11-22", str(root / "in" / "transactions.csv"),
                "transactions")
     run_train(spark, config, "2026-11-22", "ncf", None)
@@ -206,3 +247,45 @@ def test_ncf_beats_popularity_and_publishes_unseen_top_n(spark, ncf_run):
     assert per_customer.count() == record["counts"]["customers"]
     spec = json.loads(lake.read_text(f"{record['outputs']['model']}/spec.json"))
     assert spec == m["spec"]
+
+
+def test_pretrained_neumf_starts_from_the_trained_parts_and_records_them(spark, ncf_run):
+    """ncf.pretrain on the same lake and date: the sampled sets are reused, GMF and MLP train one
+    epoch each, NeuMF starts from their trained weights (one SGD epoch)."""
+    from deepmine.core.config import load_config
+    from deepmine.deep.models import build
+    from deepmine.deep.ncf import model_scorer, protocol_metrics
+    from deepmine.deep.train import run_train
+    from deepmine.deep.trainer import CheckpointStore, load_state
+    lake, _, root = ncf_run
+    config = load_config(None, [f"lake.root={root / 'lake'}", *STAGE_SETTINGS, "ncf.epochs=1",
+                                "ncf.pretrain=true", "ncf.pretrain_alpha=0.4",
+                                "mlflow.enabled=false"])
+    run_train(spark, config, "2026-11-22", "ncf", None)
+    record = lake.read_manifest("2026-11-22")["stages"]["train_ncf"]
+    m, parts = record["metrics"], record["metrics"]["pretrain"]
+    assert {"training_gmf", "training_mlp", "training"} <= set(m["phase_seconds"])
+    for kind in ("gmf", "mlp"):
+        for name in ("val_hr_at_10", "val_ndcg_at_10", "hr_at_10", "ndcg_at_10", "recall_at_10"):
+            assert 0.0 <= parts[kind][name] <= 1.0
+        assert parts[kind]["epochs_run"] == 1 and parts[kind]["seconds"] > 0
+    checkpoints = record["outputs"]["checkpoints"]
+    gmf, mlp = (CheckpointStore(f"{checkpoints}/{kind}").load_latest()["model"]
+                for kind in ("gmf", "mlp"))
+    start = load_state(parts["start_weights"])
+    for name in ("user.weight", "item.weight"):
+        assert torch.equal(start[f"gmf.{name}"], gmf[name])
+        assert torch.equal(start[f"mlp.{name}"], mlp[name])
+    towers = [key for key in mlp if key.startswith("tower.")]
+    assert towers and all(torch.equal(start[f"mlp.{key}"], mlp[key]) for key in towers)
+    assert torch.allclose(start["out.weight"],
+                          torch.cat([0.4 * gmf["out.weight"], 0.6 * mlp["out.weight"]], dim=1))
+    assert torch.allclose(start["out.bias"], 0.4 * gmf["out.bias"] + 0.6 * mlp["out.bias"])
+    # the ranks trained from these weights: their validation score is what the lists give them
+    neumf = build(m["spec"])
+    neumf.load_state_dict(start)
+    validation = lake.read("features/ncf_validation", "run_date=2026-11-22").toPandas()
+    expected = protocol_metrics(model_scorer(neumf), validation, 10)
+    assert parts["start_val_hr_at_10"] == pytest.approx(expected["hr"], abs=1e-6)
+    assert parts["start_val_ndcg_at_10"] == pytest.approx(expected["ndcg"], abs=1e-6)
+    assert m["spec"]["kind"] == "neumf" and "optimizer" not in m["spec"]

@@ -261,6 +261,12 @@ class NcfConfig:
     seed: int = 42  # negative sampling, the evaluation lists, the index of the training rows
     # full-ranking recall@k is computed on at most this many users (a seeded sample); 0 = all
     recall_users: int = 5000
+    # neumf only: He et al.'s pretraining (section 3.4.1): GMF, then MLP, trained first (Adam at
+    # ncf.lr, the same negative sets, each its own early stopping), then NeuMF started from both
+    # (output layer [alpha h_GMF, (1 - alpha) h_MLP]) and trained with plain SGD at pretrain_lr
+    pretrain: bool = False
+    pretrain_alpha: float = 0.5  # the GMF part's weight in NeuMF's starting output layer
+    pretrain_lr: float = 0.001  # per rank, multiplied by train.num_proc (SGD, NeuMF phase)
 
 
 @dataclass

@@ -23,7 +23,13 @@ For run date D:
    Petastorm can shard every set over the Horovod ranks.
 4. Training through the shared trainer (deepmine.deep.trainer, task `ncf`: Horovod ranks,
    Petastorm shards, checkpoints and resume, retries, train.budget_seconds), one set per epoch,
-   early stopping on the validation lists' HR@k (deepmine.deep.ncf_loop).
+   early stopping on the validation lists' HR@k (deepmine.deep.ncf_loop). With ncf.pretrain and
+   NeuMF (He et al. 2017, section 3.4.1): a GMF, then an MLP, each trained like this on the same
+   sets (checkpoints in <checkpoints>/gmf and /mlp), then NeuMF started from both
+   (deepmine.deep.models.ncf.neumf_state_from_parts, ncf.pretrain_alpha; the starting weights
+   written beside the checkpoints, named by their content) and trained with plain SGD at
+   ncf.pretrain_lr. Each part's validation and test HR@k / NDCG@k, recall@k and seconds are in
+   `metrics.pretrain`.
 5. Metrics, on the test lists: `hr_at_k`, `ndcg_at_k` of the model, of popularity (items by
    training users, `baseline_*`) and of ALS (`als_*`: Spark ALS with implicit preferences on the
    same training pairs, confidence 1 + alpha * purchase count for purchases, 1 + alpha for ratings;
@@ -80,6 +86,11 @@ def check_config(config: Config) -> None:
     if not n.mlp_layers or n.mlp_layers[0] % 2 or min(n.mlp_layers) < 1:
         raise ConfigError(f"config key 'ncf.mlp_layers': expected positive widths, the first "
                           f"even (two embeddings side by side), found {n.mlp_layers}")
+    if not 0.0 <= n.pretrain_alpha <= 1.0:
+        raise ConfigError(f"config key 'ncf.pretrain_alpha': expected a weight in [0, 1], found "
+                          f"{n.pretrain_alpha}")
+    if n.pretrain_lr <= 0:
+        raise ConfigError(f"config key 'ncf.pretrain_lr': expected > 0, found {n.pretrain_lr}")
     if n.k > n.eval_negatives:
         raise ConfigError(f"config key 'ncf.k' ({n.k}): expected at most ncf.eval_negatives "
                           f"({n.eval_negatives}); every list would be a hit")
@@ -435,8 +446,15 @@ def ncf_spec(config: Config, n_users: int, n_items: int) -> dict[str, Any]:
             "mlp_layers": list(n.mlp_layers)}
 
 
+# the NeuMF phase's own keys: a pretrained part does not depend on them (so trying another
+# pretrain_lr reuses the parts' finished checkpoints); the NeuMF phase sees them through its
+# args (lr, the content-named starting weights, the optimizer in its spec)
+PHASE_KEYS = ("model", "pretrain", "pretrain_alpha", "pretrain_lr")
+
+
 def ncf_args(config: Config, spec: dict, sets: dict[str, list[str]], validation: list[str],
-             run_date: str, checkpoint_dir: str, layout: list):
+             run_date: str, checkpoint_dir: str, layout: list, lr: float | None = None,
+             init_weights_url: str = "", part: str = ""):
     from deepmine.deep.trainer import TrainArgs
     t, n = config.train, config.ncf
     if t.num_proc < 1:
@@ -447,28 +465,97 @@ def ncf_args(config: Config, spec: dict, sets: dict[str, list[str]], validation:
                              f"{t.num_proc} ranks (too little data for features.row_groups "
                              f"{config.features.row_groups}); Petastorm gives each rank whole "
                              "row groups")
-    args = TrainArgs(task="ncf", name=NAME, spec=spec,
+    args = TrainArgs(task="ncf", name=NAME, spec=spec, init_weights_url=init_weights_url,
                      train_urls=[u for urls in sets.values() for u in urls],
                      eval_urls=validation, negative_sets=list(sets.values()), top_k=n.k,
                      checkpoint_dir=checkpoint_dir, epochs=n.epochs, batch_size=n.batch_size,
-                     lr=n.lr, seed=t.seed, device=t.device, reader_pool=t.reader_pool,
-                     shuffle_buffer=t.shuffle_buffer, log_prefix=f"[train_{NAME}]",
+                     lr=n.lr if lr is None else lr, seed=t.seed, device=t.device,
+                     reader_pool=t.reader_pool, shuffle_buffer=t.shuffle_buffer,
+                     log_prefix=f"[train_{NAME}{' ' + part if part else ''}]",
                      patience=t.patience, min_delta=t.min_delta, validation_fraction=0.0,
                      budget_seconds=t.budget_seconds, max_retries=t.max_retries,
                      recovery_lr_factor=t.recovery_lr_factor)
     described = {k: v for k, v in dataclasses.asdict(args).items()
                  if k not in ("checkpoint_dir", "log_prefix", "fingerprint")}
-    described.update(parts=layout, run_date=run_date, sampling=dataclasses.asdict(n))
+    described.update(parts=layout, run_date=run_date,
+                     sampling={k: v for k, v in dataclasses.asdict(n).items()
+                               if k not in PHASE_KEYS})
     args.fingerprint = hashlib.sha256(json.dumps(described, sort_keys=True).encode()
                                       ).hexdigest()[:16]
     return args
 
 
+def train_to_end(args, config: Config) -> dict[str, Any]:
+    """The final checkpoint of `args`' training: launched on the ranks unless its checkpoint
+    directory already holds this very training (same fingerprint) finished."""
+    from deepmine.deep.train import launch
+    from deepmine.deep.trainer import CheckpointStore
+    store = CheckpointStore(args.checkpoint_dir)
+    final = store.load_latest()
+    if not (final and final.get("fingerprint") == args.fingerprint and final.get("finished")):
+        launch(args, config)
+        final = store.load_latest()
+    if final is None or final.get("fingerprint") != args.fingerprint:
+        raise RuntimeError(f"training {args.log_prefix} left no checkpoint in "
+                           f"{args.checkpoint_dir}")
+    return final
+
+
+def write_state(lake: Lake, directory: str, stem: str, state: dict) -> str:
+    """`state` as <directory>/<stem>-<sha256 of its bytes, 16>.pt (content-named, so a training
+    that starts from it has another fingerprint when it changes); returns the URL."""
+    from deepmine.deep.trainer import state_dict_bytes
+    data = state_dict_bytes(state)
+    url = f"{directory}/{stem}-{hashlib.sha256(data).hexdigest()[:16]}.pt"
+    lake.write_bytes(url, data)
+    return url
+
+
+def pretrain_parts(config: Config, n_users: int, n_items: int, by_set: dict[str, list[str]],
+                   validation_urls: list[str], run_date: str, checkpoints: str, layout: list,
+                   lake: Lake, clock: "_Clock") -> tuple[dict[str, dict], str]:
+    """He et al.'s pretraining: GMF, then MLP, on the same sets (Adam at ncf.lr, checkpoints in
+    <checkpoints>/gmf, /mlp); returns their final checkpoints and the URL of NeuMF's starting
+    weights made from them."""
+    from deepmine.deep.models.ncf import neumf_state_from_parts
+    finals = {}
+    for kind in ("gmf", "mlp"):
+        spec = {**ncf_spec(config, n_users, n_items), "kind": kind}
+        args = ncf_args(config, spec, by_set, validation_urls, run_date, f"{checkpoints}/{kind}",
+                        layout, part=kind)
+        finals[kind] = train_to_end(args, config)
+        clock.lap(f"training_{kind}", f"{len(finals[kind]['history'])} epochs")
+    start = neumf_state_from_parts(finals["gmf"]["model"], finals["mlp"]["model"],
+                                   config.ncf.pretrain_alpha)
+    return finals, write_state(lake, checkpoints, "neumf_init", start)
+
+
+def part_metrics(spec: dict, final: dict, lists: dict[str, pd.DataFrame], test_items: pd.DataFrame,
+                 known: dict[int, np.ndarray], n_items: int, k: int, seed: int,
+                 seconds: float) -> dict[str, Any]:
+    """A pretrained part's figures: HR@k and NDCG@k on the validation and the test lists,
+    recall@k, its epochs and seconds (the phase's, launch included)."""
+    from deepmine.deep.models import build
+    model = build(spec)
+    model.load_state_dict(final["model"])
+    score = model_scorer(model)
+    val, test = (protocol_metrics(score, lists[role], k) for role in ("validation", "test"))
+    summary, history = final.get("summary", {}), final["history"]
+    return {f"val_hr_at_{k}": _round(val["hr"]), f"val_ndcg_at_{k}": _round(val["ndcg"]),
+            f"hr_at_{k}": _round(test["hr"]), f"ndcg_at_{k}": _round(test["ndcg"]),
+            f"recall_at_{k}": _round(full_ranking_recall(score, test_items, known, n_items, k,
+                                                         seed)),
+            "epochs_run": len(history), "best_epoch": summary.get("best_epoch"),
+            "stop_reason": summary.get("stop_reason"), "failure": summary.get("failure"),
+            "seconds": round(seconds, 3),
+            "train_seconds": round(sum(h.get("seconds", 0.0) for h in history), 3)}
+
+
 def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
     """Sample, train, evaluate and publish NCF for `run_date` (module docstring)."""
     from deepmine.deep.loader import parquet_parts, split_urls
-    from deepmine.deep.train import launch, publish_model_files
-    from deepmine.deep.trainer import CheckpointStore, state_dict_bytes
+    from deepmine.deep.train import publish_model_files
+    from deepmine.deep.trainer import state_dict_bytes
     from deepmine.mining.recommend import _checkpoints_of_this_stage
 
     check_config(config)
@@ -530,12 +617,18 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
                                                                       partition)))
         checkpoints = lake.url("models", NAME, "_checkpoints", partition)
         spec = ncf_spec(config, n_users, n_items)
-        args = ncf_args(config, spec, by_set, validation_urls, run_date, checkpoints,
-                        [(p.url, p.row_group_rows) for p in parts])
-        launch(args, config)
-        final = CheckpointStore(checkpoints).load_latest()
-        if final is None or final.get("fingerprint") != args.fingerprint:
-            raise RuntimeError(f"training {NAME} left no checkpoint in {checkpoints}")
+        layout = [(p.url, p.row_group_rows) for p in parts]
+        pretrain = n.pretrain and n.model == "neumf"
+        if pretrain:
+            finals, start_url = pretrain_parts(config, n_users, n_items, by_set,
+                                               validation_urls, run_date, checkpoints, layout,
+                                               lake, clock)
+            args = ncf_args(config, {**spec, "optimizer": "sgd"}, by_set, validation_urls,
+                            run_date, checkpoints, layout, lr=n.pretrain_lr,
+                            init_weights_url=start_url)
+        else:
+            args = ncf_args(config, spec, by_set, validation_urls, run_date, checkpoints, layout)
+        final = train_to_end(args, config)
         weights = state_dict_bytes(final["model"])
         history = list(final["history"])
         summary = final.get("summary", {})
@@ -578,11 +671,25 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
             als={"params": point, "implicit_prefs": True, "tuning": grid,
                  "strength": "purchase count" if feedback == "implicit" else "1 per rating"},
             gate=f"hr_at_{k} above popularity's")
+        if pretrain:
+            metrics["pretrain"] = {
+                kind: part_metrics({**spec, "kind": kind}, finals[kind], lists, test_items,
+                                   known, n_items, k, n.seed,
+                                   clock.seconds[f"training_{kind}"])
+                for kind in ("gmf", "mlp")}
+            metrics["pretrain"].update(
+                alpha=n.pretrain_alpha, optimizer="sgd", lr=n.pretrain_lr,
+                start_weights=start_url,
+                **{f"start_{key}": summary.get(f"init_{key}")
+                   for key in (f"val_hr_at_{k}", f"val_ndcg_at_{k}")})
         clock.lap("evaluation")
         print(f"[train_{NAME}] test HR@{k} {metrics[f'hr_at_{k}']} NDCG@{k} "
               f"{metrics[f'ndcg_at_{k}']} recall@{k} {metrics[f'recall_at_{k}']}; popularity "
               f"{metrics[f'baseline_hr_at_{k}']}/{metrics[f'baseline_ndcg_at_{k}']}; ALS "
-              f"{metrics[f'als_hr_at_{k}']}/{metrics[f'als_ndcg_at_{k}']}")
+              f"{metrics[f'als_hr_at_{k}']}/{metrics[f'als_ndcg_at_{k}']}"
+              + ("".join(f"; {kind} {metrics['pretrain'][kind][f'hr_at_{k}']}/"
+                         f"{metrics['pretrain'][kind][f'ndcg_at_{k}']}"
+                         for kind in ("gmf", "mlp")) if pretrain else ""))
         ours, theirs = metrics[f"hr_at_{k}"], metrics[f"baseline_hr_at_{k}"]
         if ours is not None and theirs is not None and ours <= theirs:
             run.degrade(f"NCF ({n.model}) test HR@{k} {ours:.4f} does not beat popularity's "

@@ -9,6 +9,13 @@ items the user never touched) give HR@k and NDCG@k, summed across ranks; early s
 best epoch by HR@k (ties: the higher NDCG@k), as the CNN keeps its best validation accuracy. The
 rest is the shared loop's: lockstep batches, checkpoints every epoch with resume, the budget,
 retries after a NaN loss (`failure` nan_loss).
+
+A NeuMF started from pretrained GMF and MLP weights (`args.init_weights_url`, deepmine.deep.ncf
+with ncf.pretrain) is trained as He et al. do, with plain SGD (`spec["optimizer"]` "sgd": the
+trainer's distributed optimizer averages the gradients across ranks, the step is
+w -= lr x gradient, and the trainer's Adam never steps, so it gathers no momentum the
+pretrained weights do not have); its starting weights are scored on the validation lists first
+and count as the best so far (`best_epoch` -1), so training keeps them unless an epoch beats them.
 """
 from __future__ import annotations
 
@@ -66,6 +73,24 @@ def _validate(args, r, model, device) -> dict[str, float]:
     return {"hr": hits / max(users, 1.0), "ndcg": ndcg / max(users, 1.0), "users": int(users)}
 
 
+def sgd_step(optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor | None,
+             lr: float) -> None:
+    """One plain SGD step through the trainer's distributed optimizer: gradients (zeros for a rank
+    with no batch left, as the trainer's step does) averaged across ranks by its `synchronize`,
+    then w -= lr x gradient; the wrapped optimizer's own step is not taken."""
+    optimizer.zero_grad()
+    if loss is None:
+        for p in params:
+            p.grad = torch.zeros_like(p)
+    else:
+        loss.backward()
+    optimizer.synchronize()
+    with torch.no_grad():
+        for p in params:
+            if p.grad is not None:
+                p.add_(p.grad, alpha=-lr)
+
+
 def train_ncf(args, r, model, params, optimizer, store, state, device, ctx) -> dict[str, Any]:
     import time
     from deepmine.deep.trainer import (EarlyStop, _batches, _clone, _epoch_stop, _finite, _save,
@@ -82,6 +107,22 @@ def train_ncf(args, r, model, params, optimizer, store, state, device, ctx) -> d
     elapsed = float(state.get("elapsed", 0.0)) if state else 0.0
     stop_reason, failure, epoch = "max_epochs", None, start - 1
     k = args.top_k
+    if args.spec.get("optimizer") == "sgd":
+        sgd_lr = ctx["lr"] * r.size  # per rank, scaled by the number of ranks as Adam's is
+
+        def step(loss):
+            sgd_step(optimizer, params, loss, sgd_lr)
+    else:
+        def step(loss):
+            _step(optimizer, params, loss)
+    init_val = state.get("init_val") if state else None
+    if args.init_weights_url and state is None:  # the starting weights are the best so far
+        init_val = _validate(args, r, model, device)
+        if init_val["users"]:
+            stop.update(-1, 1.0 - init_val["ndcg"], init_val["hr"])
+            best_model = _clone(model.state_dict())
+        r.log(f"{args.log_prefix} starting weights: val_hr@{k}={init_val['hr']:.4f} "
+              f"val_ndcg@{k}={init_val['ndcg']:.4f}")
     for epoch in range(start, args.epochs):
         seed_epoch(args.seed, epoch, r.rank)
         model.train()
@@ -90,12 +131,12 @@ def train_ncf(args, r, model, params, optimizer, store, state, device, ctx) -> d
         for batch in r.lockstep(_batches(args, urls, r, epoch, ["user", "item", "label"],
                                          shuffle=True)):
             if batch is None or len(batch["label"]) == 0:
-                _step(optimizer, params, None)
+                step(None)
                 continue
             x = pair_input(batch["user"], batch["item"]).to(device)
             y = batch["label"].float().to(device)
             loss = F.binary_cross_entropy_with_logits(model(x), y)
-            _step(optimizer, params, loss)
+            step(loss)
             loss_sum += loss.item() * len(y)
             seen += len(y)
         seconds = time.perf_counter() - t0
@@ -126,12 +167,15 @@ def train_ncf(args, r, model, params, optimizer, store, state, device, ctx) -> d
             break
         _save(args, r, store, epoch, model, optimizer,
               {"history": history, "early_stop": stop.state(), "best_model": best_model,
-               "elapsed": elapsed, "attempt": ctx["attempt"], "attempts": ctx["attempts"]})
+               "elapsed": elapsed, "attempt": ctx["attempt"], "attempts": ctx["attempts"],
+               "init_val": init_val})
     if best_model is not None and failure != "nan_loss":
         model.load_state_dict(best_model)
     summary = _summary(ctx, history, best_epoch=stop.best_epoch, stop_reason=stop_reason,
                        best_val_hr=stop.best_accuracy, failure=failure,
-                       seconds=round(elapsed, 3))
+                       seconds=round(elapsed, 3),
+                       **({f"init_val_hr_at_{k}": init_val["hr"],
+                           f"init_val_ndcg_at_{k}": init_val["ndcg"]} if init_val else {}))
     r.log(f"{args.log_prefix} stopped ({stop_reason}) after {len(history)} epochs; best epoch "
           f"{stop.best_epoch + 1}, val_hr@{k} {stop.best_accuracy:.4f}")
     _save(args, r, store, max(epoch, 0), model, optimizer,

@@ -11,8 +11,8 @@ handle them like the others.
   MLP    user and item embeddings (mlp_layers[0] / 2 each) concatenated, a ReLU tower
          (mlp_layers), a linear layer.
   NeuMF  both, with their own embeddings, the GMF product and the MLP tower's last layer
-         concatenated into one linear layer (the paper's fusion; trained from scratch here, not
-         from pretrained GMF and MLP).
+         concatenated into one linear layer (the paper's fusion). Trained from scratch, or
+         (ncf.pretrain) started from a trained GMF and a trained MLP: `neumf_state_from_parts`.
 
 Initialization as in the paper's code: embeddings N(0, 0.01), tower layers Glorot, the output
 layer LeCun-uniform-like (PyTorch's default).
@@ -94,6 +94,21 @@ class NeuMF(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(torch.cat([self.gmf.vector(x), self.mlp.vector(x)], dim=1)).squeeze(1)
+
+
+def neumf_state_from_parts(gmf: dict[str, torch.Tensor], mlp: dict[str, torch.Tensor],
+                           alpha: float = 0.5) -> dict[str, torch.Tensor]:
+    """NeuMF's starting weights from a trained GMF's and a trained MLP's state_dicts (He et al.
+    2017, section 3.4.1): each part's embeddings and the MLP's tower as trained; the output layer
+    the concatenation [alpha h_GMF, (1 - alpha) h_MLP] of the parts' output weights, its bias
+    alpha b_GMF + (1 - alpha) b_MLP (the paper's code: half the sum at alpha 0.5). NeuMF's logit
+    then starts as alpha GMF's logit + (1 - alpha) MLP's."""
+    state = {f"gmf.{k}": v.clone() for k, v in gmf.items() if not k.startswith("out.")}
+    state.update({f"mlp.{k}": v.clone() for k, v in mlp.items() if not k.startswith("out.")})
+    state["out.weight"] = torch.cat([alpha * gmf["out.weight"], (1 - alpha) * mlp["out.weight"]],
+                                    dim=1)
+    state["out.bias"] = alpha * gmf["out.bias"] + (1 - alpha) * mlp["out.bias"]
+    return state
 
 
 def build_ncf(spec: dict) -> nn.Module:
