@@ -107,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=365)
     p.add_argument("--customers", type=int, default=0, help="0 = derived from --lines")
     p.add_argument("--products", type=int, default=0, help="0 = derived from --lines")
+    p.add_argument("--shift-date", type=run_date, default=None,
+                   help="plant a behaviour shift from this day: the at_risk group comes back "
+                        "for one purchase each (truth.json behaviour_shift)")
     p.add_argument("--reviews", type=int, default=0,
                    help="also write N product reviews with planted sentiment (reviews.csv)")
     p.add_argument("--language", choices=["en", "zh"], default="en",
@@ -261,7 +264,8 @@ def _generate(args) -> int:
     truth = generate_transactions(args.out, lines=args.lines, seed=args.seed,
                                   dirty_rate=args.dirty_rate, start_date=args.start_date,
                                   days=args.days, customers=args.customers,
-                                  products=args.products, progress=sys.stderr.isatty())
+                                  products=args.products, progress=sys.stderr.isatty(),
+                                  shift_date=args.shift_date)
     counts = truth.get("counts", {})
     print(f"wrote {args.out}: " + ", ".join(f"{k}={v}" for k, v in counts.items()
                                             if not isinstance(v, dict)))

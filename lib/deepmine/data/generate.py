@@ -50,6 +50,13 @@ Planted structure
   baskets, products and every other draw are those of a file without it (the quantities come
   from their own random stream), so the groups' recency and frequency, the bundles and the
   returns' timing keep their planted values.
+* A behaviour shift (``shift_date``, off by default; ``truth["behaviour_shift"]``): a win-back
+  campaign brings every customer of the ``at_risk`` group back for one more purchase invoice on a
+  day drawn uniformly from ``[shift_date, as_of)``. Their earlier invoices, and everything else,
+  keep their planted spans; ``customers_truth.csv`` keeps the planted group, and the campaign's
+  invoice is the group's last (its ``purchase_rate_per_day`` stays 0: it stops again after it).
+  Every customer feature built on recency and frequency moves for a fifth of the customers, a
+  drift the nightly's drift stage must flag (the multi-day drill, ``deepmine.ops.drill``).
 * Dirty lines (``dirty_rate``): each has exactly one defect, one of :data:`DIRTY_KINDS`. Only
   ordinary purchase lines that are not returned later are broken, so bundles and returns stay
   intact.
@@ -176,6 +183,10 @@ GROUPS = (
     },
 )
 
+#: The group a behaviour shift (``shift_date``) brings back for one purchase each.
+SHIFT_GROUP = "at_risk"
+SHIFT_GROUP_INDEX = [g["name"] for g in GROUPS].index(SHIFT_GROUP)
+
 #: Lines per streamed block (whole invoices, so a block may be slightly longer).
 CHUNK_LINES = 100_000
 
@@ -268,6 +279,20 @@ def _check_args(lines, seed, dirty_rate, start_date, days, customers, products):
             f"products must be 0 (derive from lines) or >= {MIN_PRODUCTS}, got {products}"
         )
     return lines, seed, dirty_rate, start, days, customers, products
+
+
+def _shift_day(shift_date: str | None, start: _dt.date, days: int) -> int | None:
+    """The behaviour shift's first day, in days from ``start``; None when there is none."""
+    if shift_date is None:
+        return None
+    try:
+        day = (_dt.date.fromisoformat(str(shift_date)) - start).days
+    except ValueError:
+        raise ValueError(f"shift_date is not a valid date (YYYY-MM-DD): {shift_date!r}") from None
+    if not 0 < day < days:
+        raise ValueError(f"shift_date {shift_date} is outside the period: expected after "
+                         f"{start} and before {start + _dt.timedelta(days=days)}")
+    return day
 
 
 def _default_customers(lines: int) -> int:
@@ -439,7 +464,8 @@ class _Plan:
     purchase, otherwise the return ``order - n_purchases``.
     """
 
-    def __init__(self, rng, lines, n_customers, catalog: _Catalog, days: int):
+    def __init__(self, rng, lines, n_customers, catalog: _Catalog, days: int,
+                 shift_day: int | None = None, shift_rng=None):
         C = n_customers
         D = days
         shares = [g["share"] for g in GROUPS]
@@ -479,6 +505,16 @@ class _Plan:
         first = np.minimum(D * rng.uniform(flo, fhi), last)
         del flo, fhi
         basket_lam = np.maximum(gp("basket") - 1.0, 0.0)
+        # the behaviour shift: one more invoice for each shifted customer, at a time drawn (from
+        # its own stream, so that the plan's draws are those of a file without it) in the last
+        # days; it is that customer's last invoice
+        shifted = np.zeros(C, dtype=bool)
+        shift_t = None
+        if shift_day is not None:
+            shifted = g == SHIFT_GROUP_INDEX
+            shift_t = shift_day + shift_rng.random(C) * (D - shift_day)
+            n_inv = n_inv + shifted
+        self.shifted = shifted
 
         M = int(n_inv.sum())
         self.cust = np.empty(M, dtype=np.int32)
@@ -501,6 +537,11 @@ class _Plan:
             cst = np.repeat(np.arange(c0, c1, dtype=np.int32), n_inv[c0:c1])
             t = first[cst] + rng.random(m) * (last - first)[cst]
             t[inv_end[c0:c1] - 1 - i0] = last[c0:c1]
+            if shift_t is not None:  # the campaign's invoice last, the planted last before it
+                moved = np.flatnonzero(shifted[c0:c1])
+                ends = inv_end[c0:c1][moved] - 1 - i0
+                t[ends - 1] = last[c0:c1][moved]
+                t[ends] = shift_t[c0:c1][moved]
             day = np.clip(np.floor(t), 0, D - 1).astype(np.int64)
             ts = day * _SECONDS_PER_DAY + 8 * 3600 + np.floor(rng.random(m) * 14 * 3600).astype(
                 np.int64
@@ -988,6 +1029,7 @@ def generate_transactions(
     customers: int = 0,
     products: int = 0,
     progress: bool = False,
+    shift_date: str | None = None,
 ) -> dict:
     """Writes out_dir/transactions.csv, out_dir/products.csv, out_dir/truth.json; returns the
     truth dict.
@@ -1004,6 +1046,9 @@ def generate_transactions(
     ``customers``/``products``: 0 derives them from ``lines`` (about lines/25 customers, at least
     50; 200 products growing slowly with lines).
     ``progress``: print a progress line per block to stderr.
+    ``shift_date``: plant a behaviour shift from this day (YYYY-MM-DD, within the period; see
+    the module's "Planted structure"); None (the default) plants none, and the files are those
+    of the same arguments without it.
 
     Raises ValueError naming the argument when one is out of range.
     """
@@ -1013,12 +1058,14 @@ def generate_transactions(
     n_customers = customers or _default_customers(lines)
     n_products = products or _default_products(lines)
     as_of = start + _dt.timedelta(days=days)
+    shift_day = _shift_day(shift_date, start, days)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
     plan_rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0,)))
     catalog = _Catalog(plan_rng, n_products)
-    plan = _Plan(plan_rng, lines, n_customers, catalog, days)
+    plan = _Plan(plan_rng, lines, n_customers, catalog, days, shift_day,
+                 np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(4,))))
 
     n_chunks = len(plan.chunk_bounds) - 1
     eligible_total = int(plan.chunk_eligible.sum())
@@ -1245,6 +1292,21 @@ def generate_transactions(
             ),
         },
     }
+    if shift_day is not None:
+        members = plan.shifted & has_inv
+        truth["args"]["shift_date"] = str(shift_date)
+        truth["behaviour_shift"] = {
+            "kind": "win_back",
+            "group": SHIFT_GROUP,
+            "from_date": (start + _dt.timedelta(days=shift_day)).isoformat(),
+            "to_date": as_of.isoformat(),
+            "customers": int(members.sum()),
+            "description": (
+                f"every {SHIFT_GROUP} customer makes one more purchase invoice on a day drawn "
+                "uniformly from [from_date, to_date), its last; its earlier invoices keep the "
+                "group's planted span"
+            ),
+        }
     _atomic_write_bytes(
         out / "truth.json", [(json.dumps(truth, indent=2, sort_keys=False) + "\n").encode()]
     )
