@@ -10,7 +10,6 @@ from scipy.stats import ks_2samp
 
 from deepmine.core.config import DriftConfig
 from deepmine.core.lake import Lake, StageRun
-from deepmine.core.schemas import FEATURES_CUSTOMERS
 from deepmine.ops.drift import compare, long_values, run_drift
 
 
@@ -69,14 +68,12 @@ def test_ks_matches_scipy_and_planted_shifts_are_found(spark):
 
 
 def _night(spark, lake, date: str, shift: float, customer_training: str | None, seed: int):
-    """features/customers for `date` (two named features, the second shifted by `shift` sd) and
-    the manifest records the drift stage reads: the features' names, the model's training."""
+    """features/customer_values for `date` (two features, the second shifted by `shift` sd) and
+    the manifest record the drift stage reads: the model's training."""
     rng = np.random.default_rng(seed)
-    rows = [(f"C{i:04d}", i, [float(rng.normal()), float(rng.normal(shift))]) for i in range(800)]
-    lake.publish(spark.createDataFrame(rows, FEATURES_CUSTOMERS), "features/customers",
-                 f"run_date={date}")
-    with StageRun(lake, date, "features", log=lambda _: None) as run:
-        run.metrics["customers"] = {"feature_names": ["recency", "spend"]}
+    rows = [(f"C{i:04d}", float(rng.normal()), float(rng.normal(shift))) for i in range(800)]
+    lake.publish(spark.createDataFrame(rows, "customer_id string, recency double, spend double"),
+                 "features/customer_values", f"run_date={date}")
     if customer_training:
         with StageRun(lake, date, "train_autoencoder_customers", log=lambda _: None) as run:
             run.metrics["registry"] = {"training": customer_training}
@@ -99,7 +96,7 @@ def test_drift_stage_over_three_nights(spark, make_config):
     assert {r["reference_date"] for r in table.values()} == {"2026-11-20"}
     assert set(table) == {"recency", "spend"}
     assert table["spend"]["drifted"] and not table["recency"]["drifted"]
-    assert got["drifted"] == ["features/customers:spend"]
+    assert got["drifted"] == ["features/customer_values:spend"]
     assert got["full_retrain"] == {"train_autoencoder_customers": "drift in spend"}
     stage = lake.read_manifest("2026-11-22")["stages"]["drift"]
     assert stage["status"] == "ok" and "spend" in stage["warnings"][0]

@@ -1,5 +1,7 @@
 """Features: the tables training reads (`deepmine features` -> `features/customers/run_date=D`,
-`features/images/run_date=D`).
+`features/images/run_date=D`), and `features/customer_values/run_date=D`, the customer features
+before scaling (customer_id + one double column per feature name; the drift stage compares
+these, since each night's standardization moves the scaled values by itself).
 
 Customers (one row per customer with a purchase up to D): a fixed-length float vector, each entry
 standardized over the customers (mean 0, sd 1), in this order (names also in the manifest):
@@ -132,17 +134,29 @@ def standardize(values: DataFrame, names: list[str], weights: dict[str, float]) 
 def customer_features(transactions: DataFrame, run_date: str, rfm: DataFrame,
                       products: DataFrame | None, basket_weight: float = 0.5,
                       category_weight: float = 0.25) -> tuple[DataFrame, list[str]]:
-    """Clean transactions (+ RFM values, products) -> (customer_id, features), feature names.
+    """Clean transactions (+ RFM values, products) -> (customer_id, features), feature names."""
+    values, names = customer_values(transactions, run_date, rfm, products)
+    return scaled_features(values, names, basket_weight, category_weight), names
 
-    The basket block and the category block are scaled to a total standard deviation of
-    `basket_weight` / `category_weight` (each entry by weight / sqrt(entries))."""
+
+def customer_values(transactions: DataFrame, run_date: str, rfm: DataFrame,
+                    products: DataFrame | None) -> tuple[DataFrame, list[str]]:
+    """(customer_id + one unscaled double column per feature, the feature names in order)."""
     categories = category_names(products)
     values = customer_feature_values(transactions, run_date, rfm, products, categories)
-    shares = [_share_column(c) for c in categories]
-    names = [*RFM_FEATURES, *BASKET_FEATURES, *shares]
+    names = [*RFM_FEATURES, *BASKET_FEATURES, *[_share_column(c) for c in categories]]
+    return values.select("customer_id", *[F.col(n).cast("double").alias(n) for n in names]), names
+
+
+def scaled_features(values: DataFrame, names: list[str], basket_weight: float,
+                    category_weight: float) -> DataFrame:
+    """`standardize` with the blocks' weights: the basket block and the category block are
+    scaled to a total standard deviation of `basket_weight` / `category_weight` (each entry by
+    weight / sqrt(entries))."""
+    shares = [n for n in names if n.startswith("share_")]
     weights = {s: category_weight / math.sqrt(len(shares)) for s in shares}
     weights.update({b: basket_weight / math.sqrt(len(BASKET_FEATURES)) for b in BASKET_FEATURES})
-    return standardize(values, names, weights), names
+    return standardize(values, names, weights)
 
 
 def read_products(spark: SparkSession, path: str) -> DataFrame | None:
@@ -433,17 +447,25 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
             if products is None:
                 run.log("[features] input.products is empty: customer vectors without category "
                         "shares")
-            vectors, names = customer_features(transactions, run_date, rfm, products,
-                                               cfg.basket_weight, cfg.category_weight)
-            with with_row_ids(vectors, "customer_id", cfg.seed) as vectors:
-                layout = publish_for_petastorm(lake, row_group_layout(spark, vectors, cfg.row_groups),
-                                               "features/customers", partition)
+            values, names = customer_values(transactions, run_date, rfm, products)
+            values = values.persist()
+            try:
+                lake.publish(values, "features/customer_values", partition)
+                vectors = scaled_features(values, names, cfg.basket_weight, cfg.category_weight)
+                with with_row_ids(vectors, "customer_id", cfg.seed) as vectors:
+                    layout = publish_for_petastorm(
+                        lake, row_group_layout(spark, vectors, cfg.row_groups),
+                        "features/customers", partition)
+            finally:
+                values.unpersist()
             run.counts["customers"] = layout["rows"]
             run.metrics["customers"] = {"feature_names": names, "dimension": len(names),
                                         "rfm_source": rfm_source,
                                         "products": config.input.products if products else None,
                                         **{k: v for k, v in layout.items() if k != "rows"}}
             run.outputs["customers"] = lake.partition_url("features/customers", partition)
+            run.outputs["customer_values"] = lake.partition_url("features/customer_values",
+                                                                partition)
         else:
             run.log("[features] no clean/transactions: customer features skipped")
             run.counts["customers"] = 0

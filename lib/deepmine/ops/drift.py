@@ -2,9 +2,10 @@
 was last fully trained on, per feature: population stability index and a two-sample
 Kolmogorov-Smirnov test, computed in Spark.
 
-What is watched (`WATCHED`): each entry is a lake table, its numeric columns (the customer
-feature vector is taken apart by the names the features stage recorded), and the stage whose
-model learns from it. Its reference is that table's partition on the latest earlier night on
+What is watched (`WATCHED`): each entry is a lake table, its numeric columns (for the customer
+features, every feature of `features/customer_values`: the values before scaling, since each
+night's standardization would move the scaled vector by itself), and the stage whose model
+learns from it. Its reference is that table's partition on the latest earlier night on
 which that stage trained in full (status ok or degraded, not a warm start by its manifest
 record's `metrics.registry.training`); where the stage never ran, the table's latest earlier
 partition. A first night has no reference and publishes an empty table.
@@ -41,12 +42,12 @@ FLOOR = 1e-4  # the share an empty bin counts as, so that the log stays finite
 @dataclass(frozen=True)
 class Watched:
     table: str
-    columns: tuple[str, ...]  # numeric columns; empty = the `features` vector, by its names
+    columns: tuple[str, ...]  # numeric columns; empty = every column but customer_id
     model_stage: str  # the stage whose model learns from the table
 
 
 WATCHED = (
-    Watched("features/customers", (), "train_autoencoder_customers"),
+    Watched("features/customer_values", (), "train_autoencoder_customers"),
     Watched("mining/rfm", ("recency_days", "frequency", "monetary"), "rfm"),
     Watched("mining/churn", ("churn_probability", "expected_spend"), "churn"),
 )
@@ -156,14 +157,12 @@ def compare(reference: DataFrame, current: DataFrame, cfg: DriftConfig) -> list[
 # --------------------------------------------------------------------------- the stage
 
 def feature_columns(lake: Lake, run_date: str, watched: Watched) -> dict[str, Column]:
-    """The watched table's columns as named expressions; the customer vector by the names its
-    features stage recorded that night."""
+    """The watched table's columns as named expressions: those named, or every column of that
+    night's partition but customer_id."""
     if watched.columns:
         return {c: F.col(c) for c in watched.columns}
-    customers = (lake.read_manifest(run_date)["stages"].get("features", {})
-                 .get("metrics", {}).get("customers", {}))
-    names = customers.get("feature_names") or []
-    return {name: F.col("features")[i] for i, name in enumerate(names)}
+    names = lake.read(watched.table, f"run_date={run_date}").columns
+    return {c: F.col(c) for c in names if c != "customer_id"}
 
 
 def reference_date(lake: Lake, run_date: str, watched: Watched) -> str | None:
