@@ -24,10 +24,13 @@ Per training stage, after the quality gate:
    champion stays and tonight's predictions are the champion's, scored on tonight's features (a
    rollback costs nothing: no retraining).
 
-Warm starts (`warm_start_plan`): a classifier whose champion comes from an earlier night and has
-tonight's spec starts from the champion's weights for `mlflow.warm_start_epochs`; a full training
-every `mlflow.full_retrain_every` nights (the champion's `warm_starts_since_full` tag) or when the
-drift stage names the stage in `full_retrain`.
+Warm starts (`warm_start_plan`): a model whose champion comes from an earlier night and has
+tonight's spec starts from the champion's weights (`train.warm_started`): a classifier for
+`mlflow.warm_start_epochs` epochs; deep clustering skips pretraining and the K-means start,
+keeps the champion's centres and self-trains that many DEC epochs. A full training every
+`mlflow.full_retrain_every` nights (the champion's `warm_starts_since_full` tag) or when the
+drift stage names the stage in `full_retrain`. NCF indexes its users and items afresh each night
+and trains in full.
 
 The validation score (`validation_score`) is the CNN's test accuracy and a text model's test AUC.
 The champion is scored with its own spec and weights; when its spec differs from tonight's (a
@@ -289,7 +292,8 @@ def register_and_promote(config: Config, stage: str, name: str, run_date: str, a
               "training": plan["training"], "training_reason": plan["reason"],
               "parent_version": plan.get("parent_version") or None,
               "promoted": decision.promote, "reason": decision.reason,
-              "champion": version if decision.promote else (champion.version if champion else None),
+              "champion": version if decision.promote else
+              (str(champion.version) if champion else None),
               "validation_score": score, "champion_score": champion_score,
               "champion_comparable": comparable if champion is not None and features is not None
               else None,
@@ -330,3 +334,27 @@ def warm_start_plan(config: Config, name: str, stage: str, run_date: str, spec: 
                                                 f"({tags.get('run_date')})",
             "init_weights_url": f"{tags['lake_model']}/weights.pt",
             "parent_version": str(champion.version), "warm_starts_since_full": since}
+
+
+def model_decisions(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """What one night decided for each model (from its manifest): per training stage with a
+    registry record, how it trained and why, whether its version became the champion and why,
+    and whose predictions were published; the drift stage's requests first."""
+    stages = manifest.get("stages", {})
+    asked = stages.get("drift", {}).get("metrics", {}).get("full_retrain") or {}
+    rows = []
+    for stage, rec in stages.items():
+        registry = (rec.get("metrics") or {}).get("registry")
+        if not registry:
+            continue
+        rows.append({"stage": stage, "status": rec.get("status"),
+                     "drift_asked_full": stage in asked,
+                     "training": registry.get("training"),
+                     "training_reason": registry.get("training_reason"),
+                     "version": registry.get("version"),
+                     "parent_version": registry.get("parent_version"),
+                     "promoted": registry.get("promoted"),
+                     "promotion_reason": registry.get("reason"),
+                     "champion": registry.get("champion"),
+                     "predictions_from": registry.get("predictions_from")})
+    return rows

@@ -169,6 +169,16 @@ def train_args(config: Config, name: str, parts, run_date: str, checkpoint_dir: 
     return fingerprinted(args, parts, run_date)
 
 
+def warm_started(args: TrainArgs, weights_url: str, epochs: int) -> TrainArgs:
+    """`args` for a warm start from the weights at `weights_url` with `epochs` of training: a
+    classifier trains that many epochs; deep clustering skips pretraining and the K-means start,
+    keeps the weights' centres and self-trains that many DEC epochs."""
+    if args.task == "dec":
+        return dataclasses.replace(args, init_weights_url=weights_url, pretrain_epochs=0,
+                                   dec_init="weights", dec_warm_epochs=0, dec_max_epochs=epochs)
+    return dataclasses.replace(args, init_weights_url=weights_url, epochs=epochs)
+
+
 def fingerprinted(args: TrainArgs, parts, run_date: str) -> TrainArgs:
     """`args` with the fingerprint of its inputs and settings (a checkpoint of others is not
     resumed)."""
@@ -341,15 +351,14 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
         checkpoints = lake.url("models", name, "_checkpoints", partition)
         args = train_args(config, name, parts, run_date, checkpoints)
         plan = None
-        if config.mlflow.enabled and config.mlflow.warm_start and args.task == "cnn":
+        if config.mlflow.enabled and config.mlflow.warm_start:
             from deepmine.deep.registry import warm_start_plan
             plan = warm_start_plan(config, name, run.stage, run_date, args.spec,
                                    lake.read_manifest(run_date))
             run.log(f"[{run.stage}] {plan['training']} training: {plan['reason']}")
             if plan["training"] == "warm_start":
-                args.init_weights_url = plan["init_weights_url"]
-                args.epochs = config.mlflow.warm_start_epochs
-                args = fingerprinted(args, parts, run_date)
+                args = fingerprinted(warm_started(args, plan["init_weights_url"],
+                                                  config.mlflow.warm_start_epochs), parts, run_date)
         launch(args, config)
         final = CheckpointStore(checkpoints).load_latest()
         if final is None or final.get("fingerprint") != args.fingerprint:

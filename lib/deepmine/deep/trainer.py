@@ -118,7 +118,9 @@ class TrainArgs:
     pretrain_noise: float = 0.0  # dec: std of Gaussian noise added to the inputs while pretraining
     augment_shift: int = 0  # dec on images: random shift of up to this many pixels per input
     contrastive_weight: float = 0.0  # dec on images: NT-Xent of two views beside reconstruction
-    dec_init: str = "kmeans"  # dec: centres from "kmeans" on the embeddings or "umap" (N2D)
+    # dec: centres from "kmeans" on the embeddings or "umap" (N2D); "weights" keeps the centres
+    # of init_weights_url (a warm start: the champion's clusters, each row in its nearest)
+    dec_init: str = "kmeans"
     # dec, kmeans: the restart kept: smallest within-cluster sum of squares in the "embedding"
     # (K-means' own choice) or of the "input" vectors
     dec_init_choice: str = "embedding"
@@ -820,17 +822,22 @@ def warm_target(partition: torch.Tensor, n_clusters: int) -> torch.Tensor:
 def _init_centers(args, r, model, device) -> tuple[torch.Tensor, float, dict | None]:
     """Centres and starting partition from the embeddings of every row (`initial_partition`, on
     rank 0; with `dec_init_choice` input, the K-means restart whose partition is the most compact
-    in the input vectors), broadcast; returns the partition (row_id -> cluster), the embeddings'
-    spread (`embedding_spread`, the same on every rank) and, for a choice among restarts, what
+    in the input vectors; with `dec_init` weights, a warm start, the centres the model was loaded
+    with and each row in its most likely cluster), broadcast; returns the partition (row_id ->
+    cluster), the embeddings' spread (`embedding_spread`, the same on every rank) and, for a choice among restarts, what
     each restart scored (rank 0; None otherwise)."""
     import horovod.torch as hvd
-    ids, z, _ = _soft_assignments(args, r, model, device, 0, shuffle=False)
+    ids, z, q = _soft_assignments(args, r, model, device, 0, shuffle=False)
     embeddings = _gather_by_row(r, hvd, ids, z, args.n_rows, "kmeans_init")
     spread = embedding_spread(embeddings)
     centers = torch.zeros_like(model.centers.data.cpu())
     partition = torch.zeros(args.n_rows, dtype=torch.int64)
     n_clusters, choice = centers.shape[0], None
     t0 = time.perf_counter()
+    if args.dec_init == "weights":  # a warm start: the champion's centres, on every rank already
+        partition = _gather_by_row(r, hvd, ids, q.argmax(1), args.n_rows, "weights_init")
+        r.log(f"{args.log_prefix} centres kept from {args.init_weights_url}")
+        return partition, spread, None
     if args.dec_init == "kmeans" and args.dec_init_choice == "input":
         n_init = max(args.kmeans_n_init, 1)
         restarts, partitions = [], torch.zeros((n_init, args.n_rows), dtype=torch.int64)

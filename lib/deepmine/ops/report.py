@@ -503,10 +503,28 @@ def section_drift(ctx: "ReportContext") -> Section | None:
     return "Drift", body + _table(shown, 100)
 
 
+def section_models(ctx: "ReportContext") -> Section | None:
+    """Models kept fresh: per training stage, tonight's training (full or warm start, and why),
+    its registered version, whether it became the champion, whose predictions were published."""
+    from deepmine.deep.registry import model_decisions
+    rows = model_decisions(ctx.manifest)
+    if not rows:
+        return None
+    shown = pd.DataFrame(rows)[["stage", "status", "training", "training_reason", "version",
+                                "parent_version", "promoted", "promotion_reason", "champion",
+                                "predictions_from"]]
+    shown = shown.assign(promoted=shown["promoted"].map({True: "yes", False: "NO"}))
+    body = ("<p>Each training is a version in the model registry (MLflow); the champion alias "
+            "moves only when tonight's version holds up, otherwise the champion's predictions "
+            "are published. A warm start begins from the champion's weights; a full training "
+            "happens on schedule, without a champion of tonight's spec, or when drift asks.</p>")
+    return "Models kept fresh", body + _table(shown, 50)
+
+
 SECTIONS: list[Callable[["ReportContext"], Section | None]] = [
     section_overview, section_reconciliation, section_rfm, section_churn, section_forecast,
     section_rules, section_recommend, section_reviews,
-    section_training, section_cluster_samples, section_changes, section_drift,
+    section_training, section_cluster_samples, section_changes, section_drift, section_models,
 ]
 
 
