@@ -264,9 +264,13 @@ class NcfConfig:
     # neumf only: He et al.'s pretraining (section 3.4.1): GMF, then MLP, trained first (Adam at
     # ncf.lr, the same negative sets, each its own early stopping), then NeuMF started from both
     # (output layer [alpha h_GMF, (1 - alpha) h_MLP]) and trained with plain SGD at pretrain_lr
+    # off: on MovieLens 100k it gains 0.016 validation HR@10 for +75% training time, on generated
+    # purchases the parts stall near popularity and it loses 0.11 (README, "Neural recommender")
     pretrain: bool = False
     pretrain_alpha: float = 0.5  # the GMF part's weight in NeuMF's starting output layer
-    pretrain_lr: float = 0.001  # per rank, multiplied by train.num_proc (SGD, NeuMF phase)
+    # per rank, multiplied by train.num_proc (SGD, NeuMF phase); 0.01 chosen among 0.001, 0.01,
+    # 0.05 on MovieLens 100k's validation lists
+    pretrain_lr: float = 0.01
 
 
 @dataclass

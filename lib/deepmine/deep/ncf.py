@@ -680,7 +680,7 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
             metrics["pretrain"].update(
                 alpha=n.pretrain_alpha, optimizer="sgd", lr=n.pretrain_lr,
                 start_weights=start_url,
-                **{f"start_{key}": summary.get(f"init_{key}")
+                **{f"start_{key}": _round(summary.get(f"init_{key}"))
                    for key in (f"val_hr_at_{k}", f"val_ndcg_at_{k}")})
         clock.lap("evaluation")
         print(f"[train_{NAME}] test HR@{k} {metrics[f'hr_at_{k}']} NDCG@{k} "
