@@ -153,21 +153,30 @@ class ForecastConfig:
     level: Literal["product", "category", "total"] = "category"
     season_length: int = 0  # periods per seasonal cycle; 0 = 7 (day), 52 (week), 12 (month)
     # candidates per series (statsforecast): auto_arima, auto_ets, seasonal_naive, croston (only
-    # for intermittent series), arima (a plain ARIMA(1,1,1), the textbook model), mean_of_models
-    # (the mean of the other candidates' forecasts and bands: a forecast combination, which the
-    # M4 competition found more accurate than choosing one model; it needs two others)
+    # for intermittent series), arima (a plain ARIMA(1,1,1), the textbook model), mstl (only
+    # for seasons longer than max_auto_season, when the history holds two of them: MSTL's
+    # seasonal decomposition, the season repeated and the rest forecast by a non-seasonal
+    # AutoETS; Bandara, Hyndman and Bergmeir 2021), mean_of_models (the mean of the other
+    # candidates' forecasts and bands: a forecast combination, which the M4 competition found
+    # more accurate than choosing one model; it needs two others)
     models: list[str] = field(default_factory=lambda: [
-        "auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", "mean_of_models"])
+        "auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", "mstl",
+        "mean_of_models"])
     # rolling-origin backtest: windows of `horizon` periods each, the last one ending at D's
-    # last complete period; the model with the smallest error over them is chosen per series
+    # last complete period; the model with the smallest error over them is chosen per series,
+    # and the MASE reported on them grades each window with the model the other windows choose
     backtest_windows: int = 3
+    # 0: as above (cross-validation over the windows). N > 0: N more windows before them, used
+    # only to choose, and each reported window graded with the model chosen on every window
+    # before it (forward in time, as the nightly chooses: stricter, N more fits per model)
+    selection_windows: int = 0
     # periods a series needs before its first backtest origin; shorter (or all-zero) series get
     # the fallback (seasonal naive, the mean, or zeros) and are counted in series_skipped
     min_history: int = 12
     intermittent_zero_share: float = 0.3  # croston is a candidate from this share of zero periods
     # AutoARIMA/AutoETS fit the seasonal cycle only up to this length (AutoARIMA with 52 weekly
     # seasons took 8 s per fit here; AutoETS allows 24 at most); longer seasons: non-seasonal fits
-    # beside the seasonal naive
+    # beside the seasonal naive and mstl
     max_auto_season: int = 24
     # 80% intervals: conformal (forecast +- the 80th percentile of the chosen model's absolute
     # backtest errors, pooled over the windows' steps) or the model's own. Conformal by default:

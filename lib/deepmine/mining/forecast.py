@@ -10,17 +10,22 @@ that last period on a full grid built in Spark, the periods without lines filled
 Fitting (`forecast_series`, numpy, one series): `groupBy("series_id").applyInPandas` gives each
 series to one Python call with its own set of Nixtla statsforecast models (`forecast.models`):
 AutoARIMA, AutoETS, the seasonal naive, Croston (only for intermittent series), a plain
-ARIMA(1,1,1) and `mean_of_models`, the mean of the others' forecasts (a forecast combination, the
-M4 competition's lesson: Makridakis et al. 2018; it costs no fit of its own). A rolling-origin
+ARIMA(1,1,1), MSTL (only for seasons longer than the automatic models fit) and
+`mean_of_models`, the mean of the others' forecasts (a forecast combination, the M4
+competition's lesson: Makridakis et al. 2018; it costs no fit of its own). A rolling-origin
 backtest (`forecast.backtest_windows` windows of `horizon` periods, the last ending at the last
 complete period) scores them by MASE: mean absolute error over the mean absolute seasonal
 difference of the history before the first origin. The model
 with the smallest error over every window is refitted on the whole series and forecasts. The
-MASE reported for a series is honest about that choice: each window is scored with the model
-chosen on the other windows. The 80% intervals are conformal by default (`forecast.intervals`):
-the forecast +- the 80th percentile of the chosen model's absolute backtest errors (each window's
-coverage judged with the errors of the other windows); `model` takes the models' own intervals
-instead (Croston has none: its band is then the 10th-90th percentile of the recent periods).
+MASE reported for a series is not graded on the data its choice was made on: each window is
+scored with the model chosen on the other windows (cross-validation over the windows), or, with
+`forecast.selection_windows` N > 0, the backtest starts N windows earlier, those windows are
+only chosen on, and each reported window is scored with the model chosen on every window before
+it (forward in time, as the nightly itself chooses). The 80% intervals are conformal by default
+(`forecast.intervals`): the forecast +- the 80th percentile of the chosen model's absolute
+backtest errors (each window's coverage judged with the errors of the windows its choice was
+made on); `model` takes the models' own intervals instead (Croston has none: its band is then
+the 10th-90th percentile of the recent periods).
 
 Fallback (counted in `series_skipped`, with model `zeros`, `seasonal_naive` or `mean`): a series
 that is all zeros forecasts zeros; one with fewer than `forecast.min_history` periods before its
@@ -29,8 +34,13 @@ first backtest origin repeats its last season (its mean when shorter than a seas
 
 A season is fitted only when the history before the first origin holds two of them; AutoARIMA and
 AutoETS fit it only up to `forecast.max_auto_season` periods (longer seasons: the seasonal naive
-keeps it, they fit none). The stage is `degraded` when the summed MASE of the chosen models does
-not beat the seasonal naive's on the same windows.
+and MSTL keep it, they fit none). MSTL (Bandara, Hyndman and Bergmeir 2021: STL's seasonal
+component, repeated, plus a non-seasonal AutoETS of the rest) is a candidate only for such a
+longer season; a series whose history before the first origin holds fewer than two of its
+seasons, or whose season AutoARIMA and AutoETS fit themselves, is chosen among the others
+without it (STL cannot tell a season it has seen once from that year's noise). The stage is
+`degraded` when the summed MASE of the chosen models does not beat the seasonal naive's on the
+same (reported) windows.
 """
 from __future__ import annotations
 
@@ -50,7 +60,9 @@ from deepmine.mining.rfm import end_of_day
 from deepmine.core.schemas import MINING_FORECAST
 
 COMBINATION = "mean_of_models"
-MODELS = ("auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", COMBINATION)
+LONG_SEASON = "mstl"  # the candidate for seasons longer than max_auto_season
+MODELS = ("auto_arima", "auto_ets", "seasonal_naive", "croston", "arima", LONG_SEASON,
+          COMBINATION)
 DEFAULT_SEASON = {"day": 7, "week": 52, "month": 12}
 LEVEL = 80  # the interval's coverage, percent
 HISTORY_POINTS = 156  # periods of the largest series kept in the manifest for the report
@@ -74,9 +86,14 @@ def check_config(cfg: ForecastConfig) -> None:
     if unknown or "seasonal_naive" not in cfg.models:
         raise ConfigError(f"config key 'forecast.models': expected a list from {list(MODELS)} "
                           f"that holds seasonal_naive (the baseline), found {cfg.models}")
-    if COMBINATION in cfg.models and len(set(cfg.models) - {COMBINATION, "croston"}) < 2:
+    if COMBINATION in cfg.models and len(set(cfg.models) - {COMBINATION, "croston",
+                                                            LONG_SEASON}) < 2:
         raise ConfigError(f"config key 'forecast.models': {COMBINATION} averages the other "
-                          f"candidates and needs two besides croston, found {cfg.models}")
+                          f"candidates and needs two besides croston and {LONG_SEASON} (which "
+                          f"not every series gets), found {cfg.models}")
+    if cfg.selection_windows < 0:
+        raise ConfigError(f"config key 'forecast.selection_windows': expected >= 0, "
+                          f"found {cfg.selection_windows}")
     for key in ("backtest_windows", "min_history", "max_auto_season"):
         if getattr(cfg, key) < 1:
             raise ConfigError(f"config key 'forecast.{key}': expected >= 1, "
@@ -167,7 +184,7 @@ def series_frame(lines: DataFrame, run_date: str, cfg: ForecastConfig,
 # =============================================================== one series (numpy)
 
 def _model(name: str, season: int, auto_season: int):
-    from statsforecast.models import (ARIMA, AutoARIMA, AutoETS, CrostonClassic,
+    from statsforecast.models import (ARIMA, MSTL, AutoARIMA, AutoETS, CrostonClassic,
                                       SeasonalNaive)
     if name == "auto_arima":
         return AutoARIMA(season_length=auto_season)
@@ -177,6 +194,8 @@ def _model(name: str, season: int, auto_season: int):
         return SeasonalNaive(season_length=season)
     if name == "croston":
         return CrostonClassic()
+    if name == LONG_SEASON:  # its trend forecaster must be non-seasonal: MSTL holds the season
+        return MSTL(season_length=season, trend_forecaster=AutoETS(model="ZZN"))
     return ARIMA(order=(1, 1, 1), include_constant=False)
 
 
@@ -258,10 +277,13 @@ def _fallback(y: np.ndarray, h: int, season: int) -> dict[str, Any]:
 
 def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
     """One series' backtest, choice and forecast: model, yhat, lower, upper (arrays of
-    `cfg.horizon`), fitted (False: the fallback), mase and baseline_mase (on the backtest; None
-    for the fallback), held_out and covered (backtest points, and those inside the 80% band)."""
+    `cfg.horizon`), fitted (False: the fallback), mase and baseline_mase (on the reported
+    backtest windows; None for the fallback), held_out and covered (their points, and those
+    inside the 80% band)."""
     y = np.asarray(y, dtype=float)
-    h, windows, m = cfg.horizon, cfg.backtest_windows, season_length(cfg)
+    h, m = cfg.horizon, season_length(cfg)
+    chosen_only = cfg.selection_windows  # the first windows: chosen on, never reported
+    windows = chosen_only + cfg.backtest_windows
     first = len(y) - windows * h
     summary = {"fitted": False, "mase": None, "baseline_mase": None, "held_out": 0, "covered": 0}
     if first < cfg.min_history or not np.any(y[:first] if first > 0 else y):
@@ -269,7 +291,8 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
     season = m if first >= 2 * m else 1
     auto_season = season if season <= cfg.max_auto_season else 1
     intermittent = np.mean(y[:first] == 0) >= cfg.intermittent_zero_share
-    names = [n for n in cfg.models if n != "croston" or intermittent]
+    names = [n for n in cfg.models if (n != "croston" or intermittent)
+             and (n != LONG_SEASON or season > cfg.max_auto_season)]
     scale = _scale(y[:first], season)
     origins = [first + w * h for w in range(windows)]
     error = {n: np.full(windows, np.inf) for n in names}
@@ -284,11 +307,15 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
             inside[name][w] = float(np.sum((actual >= low) & (actual <= high)))
     total = {n: float(np.sum(e)) for n, e in error.items()}
     chosen = min(names, key=lambda n: (total[n], names.index(n)))
-    # each window scored by the model the other windows choose (the choice is not graded on
-    # the data it was made on); one window: its own choice
+    # each reported window scored by the model the other windows choose, or with selection
+    # windows the windows before it (the choice is not graded on the data it was made on);
+    # one window and no selection window: its own choice
     honest, covered = [], 0.0
-    for w in range(windows):
-        others = [v for v in range(windows) if v != w] or [w]
+    for w in range(chosen_only, windows):
+        if chosen_only:
+            others = list(range(w))
+        else:
+            others = [v for v in range(windows) if v != w] or [w]
         pick = min(names, key=lambda n: (float(np.sum(error[n][others])), names.index(n)))
         honest.append(error[pick][w])
         if cfg.intervals == "conformal":
@@ -305,8 +332,9 @@ def forecast_series(y: np.ndarray, cfg: ForecastConfig) -> dict[str, Any]:
         half = _conformal(residual[chosen])
         low, high = mean - half, mean + half
     return {"fitted": True, "model": chosen, "yhat": mean, "lower": low, "upper": high,
-            "mase": float(np.mean(honest)), "baseline_mase": float(np.mean(error["seasonal_naive"])),
-            "held_out": windows * h, "covered": int(covered)}
+            "mase": float(np.mean(honest)),
+            "baseline_mase": float(np.mean(error["seasonal_naive"][chosen_only:])),
+            "held_out": cfg.backtest_windows * h, "covered": int(covered)}
 
 
 def _fit_group(cfg: ForecastConfig, last: dt.date):
