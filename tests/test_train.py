@@ -96,6 +96,9 @@ def test_cnn_two_ranks_one_epoch(spark, trained_lake):
     assert 0.3 < m["accuracy"] <= 1.0  # 10 synthetic shapes, one epoch: well above chance
     assert len(m["confusion_matrix"]) == 10
     assert sum(map(sum, m["confusion_matrix"])) == m["test_images"] == 200
+    # the synthetic shapes' names label the matrix (label 0 is the horizontal bar)
+    from deepmine.deep.features import SHAPE_CLASSES
+    assert m["class_names"] == SHAPE_CLASSES and m["class_names"][0] == "horizontal bar"
     assert abs(m["accuracy_int8"] - m["accuracy_float_driver"]) < 0.05
     assert abs(m["accuracy_float_driver"] - m["accuracy"]) < 1e-6
     assert out["predictions"] == 1400

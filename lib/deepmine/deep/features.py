@@ -185,12 +185,27 @@ def read_products(spark: SparkSession, path: str) -> DataFrame | None:
 
 # =============================================================== images (sources)
 
+SHAPE_CLASSES = ["horizontal bar", "vertical bar", "filled square", "hollow square", "disc",
+                 "ring", "plus", "diagonal cross", "triangle", "two dots"]
+
+
+def class_names(source: str) -> list[str] | None:
+    """The names of the labels 0..9 of an image source, where the source has them (Fashion-MNIST's
+    classes, the synthetic shapes); None for ingested images, whose labels are only numbers."""
+    if source == "synthetic":
+        return list(SHAPE_CLASSES)
+    if source.startswith("fashion_mnist"):
+        from deepmine.data.generate import FASHION_MNIST_CLASSES
+        return list(FASHION_MNIST_CLASSES)
+    return None
+
+
 def synthetic_images(n: int, height: int = 28, width: int = 28, seed: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
     """`n` grey images (uint8, n x height x width) of 10 shape classes, and their labels.
 
-    Classes: 0 horizontal bar, 1 vertical bar, 2 filled square, 3 hollow square, 4 disc, 5 ring,
-    6 plus, 7 diagonal cross, 8 triangle, 9 two dots; each jittered in position, size and
+    Classes (SHAPE_CLASSES): 0 horizontal bar, 1 vertical bar, 2 filled square, 3 hollow square,
+    4 disc, 5 ring, 6 plus, 7 diagonal cross, 8 triangle, 9 two dots; each jittered in position, size and
     brightness, with noise. A stand-in for product photos when no image set is installed.
     """
     rng = np.random.default_rng(seed)
@@ -497,7 +512,7 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
         run.counts.update(images=layout["rows"], images_train=by_split.get("train", 0),
                           images_test=by_split.get("test", 0))
         run.metrics["images"] = {"source": source, "height": config.images.height,
-                                 "width": config.images.width,
+                                 "width": config.images.width, "class_names": class_names(source),
                                  **{k: v for k, v in layout.items() if k != "rows"}}
         run.outputs["images"] = lake.partition_url("features/images", partition)
     return {**run.counts, "metrics": run.metrics}

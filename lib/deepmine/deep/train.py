@@ -380,6 +380,10 @@ def run_train(spark: SparkSession, config: Config, run_date: str, model: str = "
                                                          lake, partition)
         elif name == "cnn":
             metrics, extra_files, reasons = _cnn_metrics(args, final, features, published, config)
+            names = (lake.read_manifest(run_date)["stages"].get("features", {}).get("metrics", {})
+                     .get("images", {}).get("class_names"))
+            if names and len(names) == args.spec["n_classes"]:  # the confusion matrix's labels
+                metrics["class_names"] = names
             if config.prune.sparsity > 0:
                 pruned_metrics, pruned_files = _pruned_cnn(args, final, features, config, lake,
                                                            name, run_date, parts)

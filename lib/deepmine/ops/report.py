@@ -436,6 +436,10 @@ def section_training(ctx: "ReportContext") -> Section | None:
             ax.imshow(m, cmap="Blues")
             for (i, j), v in np.ndenumerate(m):
                 ax.text(j, i, str(v), ha="center", va="center", fontsize=7)
+            names = metrics.get("class_names")
+            if names and len(names) == len(m):
+                ax.set_xticks(range(len(m)), names, rotation=60, ha="right", fontsize=7)
+                ax.set_yticks(range(len(m)), names, fontsize=7)
             ax.set_xlabel("predicted")
             ax.set_ylabel("true")
             ax.set_title("confusion matrix")
