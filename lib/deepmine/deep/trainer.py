@@ -824,8 +824,8 @@ def _init_centers(args, r, model, device) -> tuple[torch.Tensor, float, dict | N
     rank 0; with `dec_init_choice` input, the K-means restart whose partition is the most compact
     in the input vectors; with `dec_init` weights, a warm start, the centres the model was loaded
     with and each row in its most likely cluster), broadcast; returns the partition (row_id ->
-    cluster), the embeddings' spread (`embedding_spread`, the same on every rank) and, for a choice among restarts, what
-    each restart scored (rank 0; None otherwise)."""
+    cluster), the embeddings' spread (`embedding_spread`, the same on every rank) and, for a
+    choice among restarts, what each restart scored (rank 0; None otherwise)."""
     import horovod.torch as hvd
     ids, z, q = _soft_assignments(args, r, model, device, 0, shuffle=False)
     embeddings = _gather_by_row(r, hvd, ids, z, args.n_rows, "kmeans_init")
