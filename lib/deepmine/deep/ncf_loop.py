@@ -78,12 +78,8 @@ def sgd_step(optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor | N
     """One plain SGD step through the trainer's distributed optimizer: gradients (zeros for a rank
     with no batch left, as the trainer's step does) averaged across ranks by its `synchronize`,
     then w -= lr x gradient; the wrapped optimizer's own step is not taken."""
-    optimizer.zero_grad()
-    if loss is None:
-        for p in params:
-            p.grad = torch.zeros_like(p)
-    else:
-        loss.backward()
+    from deepmine.deep.trainer import gradients
+    gradients(optimizer, params, loss)
     optimizer.synchronize()
     with torch.no_grad():
         for p in params:

@@ -301,14 +301,20 @@ def pretrain_loss(model, x: torch.Tensor, noise: float, contrastive_weight: floa
     return recon_loss + contrastive_weight * contrast, recon_loss, contrast
 
 
-def _step(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> None:
-    """One optimizer step; `loss` None = this rank has no batch left: a zero-gradient step."""
+def gradients(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> None:
+    """This step's gradients in `params`; `loss` None = this rank has no batch left: zero
+    gradients, so that the collective averaging still has this rank's part."""
     opt.zero_grad()
     if loss is None:
         for p in params:
             p.grad = torch.zeros_like(p)
     else:
         loss.backward()
+
+
+def _step(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) -> None:
+    """One optimizer step (`gradients`, then the optimizer's own step)."""
+    gradients(opt, params, loss)
     opt.step()
 
 
