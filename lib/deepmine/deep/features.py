@@ -205,8 +205,8 @@ def synthetic_images(n: int, height: int = 28, width: int = 28, seed: int = 0
     """`n` grey images (uint8, n x height x width) of 10 shape classes, and their labels.
 
     Classes (SHAPE_CLASSES): 0 horizontal bar, 1 vertical bar, 2 filled square, 3 hollow square,
-    4 disc, 5 ring, 6 plus, 7 diagonal cross, 8 triangle, 9 two dots; each jittered in position, size and
-    brightness, with noise. A stand-in for product photos when no image set is installed.
+    4 disc, 5 ring, 6 plus, 7 diagonal cross, 8 triangle, 9 two dots; each jittered in position,
+    size and brightness, with noise. A stand-in for product photos when no image set is installed.
     """
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, size=n)

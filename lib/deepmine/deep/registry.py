@@ -338,17 +338,15 @@ def warm_start_plan(config: Config, name: str, stage: str, run_date: str, spec: 
 
 def model_decisions(manifest: dict[str, Any]) -> list[dict[str, Any]]:
     """What one night decided for each model (from its manifest): per training stage with a
-    registry record, how it trained and why, whether its version became the champion and why,
-    and whose predictions were published; the drift stage's requests first."""
+    registry record, how it trained and why (a full retrain the drift stage asked for says so),
+    whether its version became the champion and why, and whose predictions were published."""
     stages = manifest.get("stages", {})
-    asked = stages.get("drift", {}).get("metrics", {}).get("full_retrain") or {}
     rows = []
     for stage, rec in stages.items():
         registry = (rec.get("metrics") or {}).get("registry")
         if not registry:
             continue
         rows.append({"stage": stage, "status": rec.get("status"),
-                     "drift_asked_full": stage in asked,
                      "training": registry.get("training"),
                      "training_reason": registry.get("training_reason"),
                      "version": registry.get("version"),
