@@ -140,6 +140,19 @@ def test_negatives_are_untouched_items_fresh_per_set(spark):
                                   again.sort_values(key).reset_index(drop=True))
 
 
+def test_training_sets_are_capped_by_their_rows():
+    from deepmine.deep.ncf import training_set_count
+    # (asked, epochs, train pairs, negatives, cap) -> sets; a set = pairs x (1 + negatives) rows
+    table = [((0, 20, 1_000, 4, 10_000_000), 20),         # 100k rows in all: one per epoch
+             ((5, 20, 1_000, 4, 10_000_000), 5),          # as asked
+             ((0, 20, 98_000, 4, 10_000_000), 20),        # 9.8M rows: just under the cap
+             ((0, 20, 530_000, 4, 10_000_000), 3),        # 2.65M a set: 3 fit
+             ((0, 20, 5_300_000, 4, 10_000_000), 1),      # one set is over the cap: still one
+             ((0, 20, 5_300_000, 4, 0), 20),              # no cap
+             ((0, 20, 0, 4, 10_000_000), 20)]             # nothing to train on
+    assert [training_set_count(*args) for args, _ in table] == [sets for _, sets in table]
+
+
 # --------------------------------------------------------------------------- models
 
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])

@@ -261,6 +261,11 @@ class NcfConfig:
     # training sets sampled in Spark before training, each with fresh negatives (seeded); epoch e
     # reads set e mod negative_sets. 0 = one per epoch (ncf.epochs of them): fresh every epoch
     negative_sets: int = 0
+    # a cost cap: the rows of all sets together (positives and negatives). When the sets asked
+    # for would hold more, fewer are sampled (at least one) and the epochs cycle through them: at
+    # 1M generated lines a set holds ~2.7M rows and 20 of them took longer to sample and write
+    # than train.budget_seconds lets training read. 0 = no cap
+    max_sampled_rows: int = 10_000_000
     epochs: int = 20  # most epochs (early stopping on validation HR@k usually ends it sooner)
     batch_size: int = 256  # per rank
     lr: float = 0.001  # per rank; multiplied by train.num_proc (Adam)

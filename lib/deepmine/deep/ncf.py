@@ -15,7 +15,8 @@ For run date D:
    `features/ncf_test` and `features/ncf_validation` (user, items, target = the held-out item's
    place). A user with fewer untouched items than that is left out of the lists (counted).
 3. Negative sampling in Spark (`groupBy(user).applyInPandas`, numpy seeded by (ncf.seed, set,
-   user)): `ncf.negative_sets` training sets (0 = one per epoch: fresh negatives every epoch),
+   user)): `ncf.negative_sets` training sets (0 = one per epoch: fresh negatives every epoch;
+   fewer when they would hold more than `ncf.max_sampled_rows` rows, the epochs cycling them),
    each holding every training positive (label 1) and `ncf.negatives` items per positive drawn
    uniformly from the items the user never touched (label 0), with replacement as in the paper.
    Written as `features/ncf_train/run_date=D`, `split` = set_00, set_01, ..., each set as
@@ -80,7 +81,7 @@ def check_config(config: Config) -> None:
     for key in ("factors", "negatives", "epochs", "batch_size", "eval_negatives", "k", "top_n"):
         if getattr(n, key) < 1:
             raise ConfigError(f"config key 'ncf.{key}': expected >= 1, found {getattr(n, key)}")
-    for key in ("negative_sets", "recall_users"):
+    for key in ("negative_sets", "recall_users", "max_sampled_rows"):
         if getattr(n, key) < 0:
             raise ConfigError(f"config key 'ncf.{key}': expected >= 0, found {getattr(n, key)}")
     if not n.mlp_layers or n.mlp_layers[0] % 2 or min(n.mlp_layers) < 1:
@@ -138,6 +139,18 @@ def leave_one_out(indexed: DataFrame) -> DataFrame:
 
 def _rng(seed: int, stream: int, user: int) -> np.random.Generator:
     return np.random.default_rng([seed, stream, user])
+
+
+def training_set_count(asked: int, epochs: int, train_pairs: int, negatives: int,
+                       max_rows: int) -> int:
+    """How many training sets to sample: `asked` (0 = one per epoch), fewer when they would hold
+    more than `max_rows` rows together (each set: every training pair and `negatives` per pair),
+    never fewer than one; max_rows 0 = no cap."""
+    sets = asked or epochs
+    rows_per_set = train_pairs * (1 + negatives)
+    if max_rows and rows_per_set * sets > max_rows:
+        sets = max(1, max_rows // max(rows_per_set, 1))
+    return sets
 
 
 def negative_sets(split: DataFrame, n_items: int, sets: int, negatives: int, groups: int,
@@ -575,7 +588,8 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
         split = leave_one_out(indexed).persist()
         try:
             roles = {r["role"]: r["count"] for r in split.groupBy("role").count().collect()}
-            sets = n.negative_sets or n.epochs
+            sets = training_set_count(n.negative_sets, n.epochs, roles.get("train", 0),
+                                      n.negatives, n.max_sampled_rows)
             sampling = sampling_description(split, config, feedback, n_users, n_items, sets)
             reuse = sampled_before(lake, partition, sampling)
             if not reuse:
