@@ -135,7 +135,7 @@ def test_text_model_learns_the_planted_sentiment(spark, tmp_path, make_config, m
     from deepmine.deep.train import run_train
     date = "2026-11-22"
     info = generate_reviews(tmp_path / "in", 1600, 5, language)
-    config = make_config("features.synthetic_images=70", "features.row_groups=2",
+    config = make_config("features.images=false", "features.row_groups=2",
                          "train.epochs=8", "train.patience=2", "text.max_tokens=40",
                          "text.embedding_dim=32", "input.transactions=")
     run_ingest(spark, config, date, info["path"], entity="reviews")

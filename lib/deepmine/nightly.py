@@ -11,6 +11,7 @@ with the reason and not run, the stages that do not need it still run, and the r
 """
 from __future__ import annotations
 
+import dataclasses
 import sys
 import traceback
 from dataclasses import dataclass, field
@@ -28,13 +29,20 @@ from deepmine.core.lake import Lake, _now
 class Stage:
     name: str
     run: Callable[[SparkSession, Config, str, "NightlyInputs"], dict]
-    outputs: tuple[str, ...]  # lake tables whose partition for the date proves the stage done
+    outputs: tuple[str, ...]  # lake tables the stage may publish, a partition per date
     partition_key: str = "run_date"
     applies: Callable[[Config, "NightlyInputs"], bool] = lambda config, inputs: True
     summarizes: bool = False  # redone whenever an earlier stage ran (the report)
     # stages whose output this one reads: when one of them fails (or is skipped because its own
     # dependency failed) in this run, this stage is skipped, not run on stale or missing input
     needs: tuple[str, ...] = ()
+    # the outputs whose partition for the date proves the stage done, when not all of them
+    # (tables it publishes only for some configs and inputs)
+    proof: Callable[[Config, "NightlyInputs"], tuple[str, ...]] | None = None
+
+    def published(self, config: Config, inputs: "NightlyInputs") -> tuple[str, ...]:
+        """The tables this stage publishes tonight."""
+        return self.outputs if self.proof is None else self.proof(config, inputs)
 
 
 @dataclass(frozen=True)
@@ -112,10 +120,17 @@ STAGES: list[Stage] = [
           applies=lambda config, inputs: bool(inputs.ratings if config.recommend.feedback == "explicit"
                                               else inputs.transactions),
           needs=("ingest", "ingest_ratings")),
-    # features and training: images always (Fashion-MNIST or synthetic when none were ingested),
-    # customers where there are transactions (RFM values from mining/rfm when it ran)
-    Stage("features", _lake_stage("deep.features"), ("features/images",),
-          needs=("ingest", "ingest_images", "ingest_reviews", "rfm")),
+    # features and training: images (Fashion-MNIST or synthetic when none were ingested) unless
+    # no image model trains tonight, customers where there are transactions (RFM values from
+    # mining/rfm when it ran), reviews where there are reviews
+    Stage("features", _lake_stage("deep.features"),
+          ("features/images", "features/customers", "features/customer_values",
+           "features/reviews"),
+          needs=("ingest", "ingest_images", "ingest_reviews", "rfm"),
+          proof=lambda config, inputs: (
+              ("features/images",) * config.features.images
+              + ("features/customers", "features/customer_values") * bool(inputs.transactions)
+              + ("features/reviews",) * bool(inputs.reviews))),
     # tonight's customer features, RFM values and churn scores against the snapshot their model
     # was last fully trained on (before the trainings, so that a drift can ask for a full one)
     Stage("drift", _lake_stage("ops.drift"), ("mining/drift",),
@@ -138,13 +153,27 @@ STAGES: list[Stage] = [
 ]
 
 
-def is_done(lake: Lake, stage: Stage, run_date: str) -> bool:
+IMAGE_TRAININGS = ("train_autoencoder_images", "train_cnn")  # the readers of features/images
+
+
+def is_done(lake: Lake, stage: Stage, run_date: str, config: Config,
+            inputs: NightlyInputs) -> bool:
     record = lake.read_manifest(run_date)["stages"].get(stage.name)
     # a degraded stage published its outputs: done (its reasons stay in the manifest)
     if not record or record.get("status") not in ("ok", "degraded"):
         return False
     partition = f"{stage.partition_key}={run_date}"
-    return all(lake.has_partition(table, partition) for table in stage.outputs)
+    return all(lake.has_partition(table, partition)
+               for table in stage.published(config, inputs))
+
+
+def night_config(config: Config) -> Config:
+    """The config as tonight's stages use it: features/images only when an image model
+    trains (features.images false when both are in nightly.skip_stages)."""
+    if set(IMAGE_TRAININGS) <= set(config.nightly.skip_stages) and config.features.images:
+        return dataclasses.replace(
+            config, features=dataclasses.replace(config.features, images=False))
+    return config
 
 
 @dataclass(frozen=True)
@@ -172,6 +201,7 @@ def run_nightly(spark: SparkSession, config: Config, run_date: str,
     if unknown:
         raise ConfigError(f"nightly.skip_stages names unknown stage(s) {unknown}; the stages are "
                           f"{names}")
+    config = night_config(config)
     ran, skipped, failed, blocked, degraded = [], [], [], [], []
     errors: dict[str, BaseException] = {}
     with lake.lock(f"nightly run_date={run_date}"):
@@ -190,7 +220,7 @@ def run_nightly(spark: SparkSession, config: Config, run_date: str,
                 blocked.append(stage.name)
                 continue
             summarize = stage.summarizes and (ran or blocked)
-            if not force and not summarize and is_done(lake, stage, run_date):
+            if not force and not summarize and is_done(lake, stage, run_date, config, inputs):
                 print(f"[{stage.name}] already done for {run_date}: skipped (use --force to redo)")
                 skipped.append(stage.name)
                 continue

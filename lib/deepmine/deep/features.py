@@ -488,31 +488,43 @@ def run_features(spark: SparkSession, config: Config, run_date: str) -> dict:
         if lake.exists(lake.url("clean/reviews")):
             run.counts.update(_publish_review_features(lake, config, run_date, run.metrics))
 
-        raw, source = image_source(spark, lake, config, run_date)
-        if source == "synthetic" and cfg.image_source == "auto":
-            run.warn(f"no image set found (no clean/images for {run_date}, Fashion-MNIST not "
-                     f"installed or not {config.images.height}x{config.images.width}): the image "
-                     f"models train on {cfg.synthetic_images} synthetic shapes, not product "
-                     "photos (apt-get install dataset-fashion-mnist, or ingest --entity images; "
-                     "features.image_source: synthetic says this is meant)")
-        images = decode_pixels(raw, config.images.height, config.images.width)
-        images = images.select("image_id", F.coalesce(F.col("label").cast("long"), F.lit(-1))
-                               .alias("label"), "split", "features")
-        unknown = images.where(~F.col("split").isin("train", "test")).limit(1).collect()
-        if unknown:
-            raise ValueError(f"images: split must be 'train' or 'test', found {unknown[0]['split']!r}")
-        # train rows first (row_id 0..n_train-1), then test
-        with with_row_ids(images.withColumn("_test", F.col("split") == "test"),
-                          "image_id", cfg.seed, order_first="_test") as images:
-            images = row_group_layout(spark, images.drop("_test"), cfg.row_groups, "split",
-                                      ("train", "test"))
-            layout = publish_for_petastorm(lake, images, "features/images", partition)
-        by_split = {r["split"]: r["count"] for r in
-                    lake.read("features/images", partition).groupBy("split").count().collect()}
-        run.counts.update(images=layout["rows"], images_train=by_split.get("train", 0),
-                          images_test=by_split.get("test", 0))
-        run.metrics["images"] = {"source": source, "height": config.images.height,
-                                 "width": config.images.width, "class_names": class_names(source),
-                                 **{k: v for k, v in layout.items() if k != "rows"}}
-        run.outputs["images"] = lake.partition_url("features/images", partition)
+        if cfg.images:
+            _publish_image_features(spark, lake, config, run_date, run)
+        else:
+            run.log("[features] images skipped (features.images: false)")
+            run.counts["images"] = 0
     return {**run.counts, "metrics": run.metrics}
+
+
+def _publish_image_features(spark: SparkSession, lake: Lake, config: Config, run_date: str,
+                            run: StageRun) -> None:
+    """features/images for the run: the image set (image_source), decoded, train rows first,
+    laid out for Petastorm; counts, metrics and outputs into `run`."""
+    cfg, partition = config.features, f"run_date={run_date}"
+    raw, source = image_source(spark, lake, config, run_date)
+    if source == "synthetic" and cfg.image_source == "auto":
+        run.warn(f"no image set found (no clean/images for {run_date}, Fashion-MNIST not "
+                 f"installed or not {config.images.height}x{config.images.width}): the image "
+                 f"models train on {cfg.synthetic_images} synthetic shapes, not product "
+                 "photos (apt-get install dataset-fashion-mnist, or ingest --entity images; "
+                 "features.image_source: synthetic says this is meant)")
+    images = decode_pixels(raw, config.images.height, config.images.width)
+    images = images.select("image_id", F.coalesce(F.col("label").cast("long"), F.lit(-1))
+                           .alias("label"), "split", "features")
+    unknown = images.where(~F.col("split").isin("train", "test")).limit(1).collect()
+    if unknown:
+        raise ValueError(f"images: split must be 'train' or 'test', found {unknown[0]['split']!r}")
+    # train rows first (row_id 0..n_train-1), then test
+    with with_row_ids(images.withColumn("_test", F.col("split") == "test"),
+                      "image_id", cfg.seed, order_first="_test") as images:
+        images = row_group_layout(spark, images.drop("_test"), cfg.row_groups, "split",
+                                  ("train", "test"))
+        layout = publish_for_petastorm(lake, images, "features/images", partition)
+    by_split = {r["split"]: r["count"] for r in
+                lake.read("features/images", partition).groupBy("split").count().collect()}
+    run.counts.update(images=layout["rows"], images_train=by_split.get("train", 0),
+                      images_test=by_split.get("test", 0))
+    run.metrics["images"] = {"source": source, "height": config.images.height,
+                             "width": config.images.width, "class_names": class_names(source),
+                             **{k: v for k, v in layout.items() if k != "rows"}}
+    run.outputs["images"] = lake.partition_url("features/images", partition)
