@@ -230,6 +230,38 @@ def test_top_unseen_als_is_the_best_unseen_by_brute_force(spark, small_interacti
                          got.sort_values(["customer_id", "rank"]).reset_index(drop=True))
 
 
+def test_als_and_popular_metrics_are_those_of_the_lists(spark, small_interactions):
+    """The evaluation's one pass (lists ranked and scored in numpy) gives ranking_metrics_of's
+    figures on the lists top_unseen_als and top_unseen_popular publish: the same customers,
+    relevant pairs and, up to the order Spark sums the customers in, the same averages. The
+    relevant pairs include a product nobody bought (never a hit, but in |R|), a customer the
+    model does not know (no ALS list, a popularity list) and the heavy buyer, who has 10 unseen
+    products left."""
+    fitted = rec.fit_als(small_interactions, params(rank=4, max_iter=3))
+    pairs = [("c00", "p05"), ("c00", "p41"), ("c00", "p99"), ("c01", "p43"), ("c02", "p07"),
+             ("c03", "p45"), ("c03", "p46"), ("heavy", "p71"), ("heavy", "p75"), ("new", "p01")]
+    pairs += [(f"c{c:02d}", f"p{(c * 7) % 80:02d}") for c in range(4, 30)]
+    relevant = spark.createDataFrame(pairs, PAIRS)
+    relevant = relevant.join(small_interactions, ["customer_id", "product_id"], "left_anti")
+    targets = relevant.select("customer_id").distinct()
+    popular = rec.popularity(small_interactions)
+    for k in (3, 10):
+        want = rec.ranking_metrics_of(
+            {"als": rec.top_unseen_als(fitted, targets, small_interactions, k),
+             "baseline": rec.top_unseen_popular(popular, targets, small_interactions, k)},
+            relevant, k)
+        got = rec.als_and_popular_metrics(fitted, relevant, small_interactions, k, popular)
+        assert set(got) == set(want)
+        for name in want:
+            assert got[name]["customers"] == want[name]["customers"]
+            assert got[name]["relevant_pairs"] == want[name]["relevant_pairs"]
+            assert got[name] == pytest.approx(want[name], rel=1e-12, abs=0), (name, k)
+        assert want["baseline"][f"ndcg_at_{k}"] > 0 and want["als"][f"ndcg_at_{k}"] > 0
+        alone = rec.als_and_popular_metrics(fitted, relevant, small_interactions, k, None)
+        assert alone == {"als": got["als"]}
+    fitted.unpersist()
+
+
 # --------------------------------------------------------------------------- config
 
 def test_explicit_model_from_config():

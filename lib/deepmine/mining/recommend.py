@@ -428,6 +428,45 @@ def _top_n(candidates: DataFrame, seen: DataFrame, n: int, *order) -> DataFrame:
             .select(CUSTOMER, PRODUCT, "rank", F.col("score").cast("double").alias("score")))
 
 
+def _als_scores(part, item_factors, item_bias):
+    """Scores of a block of customers (a pandas frame with _factors and _offset) against every
+    item: users x items doubles."""
+    import numpy as np
+
+    return (np.stack(part["_factors"].to_numpy()).astype(np.float64) @ item_factors.T
+            + item_bias + part["_offset"].to_numpy()[:, None])
+
+
+def _seen_mask(seen, shape):
+    """A rows x columns boolean matrix from per-row lists of column indices (None: none;
+    indices past the last column are left out)."""
+    import numpy as np
+
+    mask = np.zeros(shape, bool)
+    lists = [s if s is not None else [] for s in seen]
+    lengths = np.fromiter((len(s) for s in lists), int, len(lists))
+    if lengths.sum():
+        rows = np.repeat(np.arange(len(lists)), lengths)
+        columns = np.concatenate([np.asarray(s, int) for s in lists])
+        inside = columns < shape[1]
+        mask[rows[inside], columns[inside]] = True
+    return mask
+
+
+def _best_unseen(scores, seen, n: int):
+    """The n best columns of each row of `scores` whose column is not in the row's `seen` list,
+    score descending, ties by column ascending -> (columns, scores), rows x min(n, columns); a
+    score is -inf where the row has fewer unseen columns than that. `scores` is overwritten."""
+    import numpy as np
+
+    scores[_seen_mask(seen, scores.shape)] = -np.inf
+    take = min(n, scores.shape[1])
+    top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -top_scores), axis=1)  # score desc, then item (product) asc
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
 # scores computed at once per Python worker: users x items doubles (about 16 MB)
 SCORE_BLOCK_CELLS = 2_000_000
 
@@ -463,19 +502,9 @@ def top_unseen_als(fitted: FittedAls | FittedModel, targets: DataFrame, seen: Da
         for frame in batches:
             for start in range(0, len(frame), block):
                 part = frame.iloc[start:start + block]
-                scores = (np.stack(part["_factors"].to_numpy()).astype(np.float64) @ item_factors.T
-                          + item_bias + part["_offset"].to_numpy()[:, None])
-                seen_lists = [s if s is not None else [] for s in part["_seen"]]
-                lengths = np.fromiter((len(s) for s in seen_lists), int, len(seen_lists))
-                if lengths.sum():
-                    scores[np.repeat(np.arange(len(part)), lengths),
-                           np.concatenate([np.asarray(s, int) for s in seen_lists])] = -np.inf
-                take = min(n, n_items)
-                top = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-                top_scores = np.take_along_axis(scores, top, axis=1)
-                order = np.lexsort((top, -top_scores), axis=1)  # score desc, then item (product) asc
-                top = np.take_along_axis(top, order, axis=1)
-                top_scores = np.take_along_axis(top_scores, order, axis=1)
+                top, top_scores = _best_unseen(_als_scores(part, item_factors, item_bias),
+                                               part["_seen"], n)
+                take = top.shape[1]
                 keep = np.isfinite(top_scores)
                 ranks = np.broadcast_to(np.arange(1, take + 1), top.shape)
                 yield pd.DataFrame({
@@ -578,6 +607,110 @@ def ranking_metrics_of(lists: dict[str, DataFrame], relevant: DataFrame,
         ap.alias("_ap_sum"),
         F.aggregate("_recs", F.lit(0.0), lambda acc, x: acc + F.when(
             hit(x), 1.0 / F.log2(x["r"] + 1)).otherwise(0.0)).alias("_dcg"))
+    return _summarize_ranking(per_customer, wanted, k)
+
+
+def als_and_popular_metrics(fitted: FittedAls | FittedModel, relevant: DataFrame, seen: DataFrame,
+                            k: int, popular: DataFrame | None) -> dict[str, dict[str, Any]]:
+    """`ranking_metrics_of` {"als": top_unseen_als(fitted, customers of relevant, seen, k),
+    "baseline": top_unseen_popular(popular, the same customers, seen, k)} (no baseline when
+    `popular` is None) without building the lists as tables: one pass over the customers with a
+    relevant product, each row carrying its relevant and seen products (as codes) and its
+    factors, ranks both lists in numpy blocks (the same scoring and ties as the two functions)
+    and scores them at once; only one row per (list, customer) leaves the Python workers. The
+    per-customer sums run in rank order, as the higher-order functions of `ranking_metrics_of`
+    do, so each customer's figures are the same; the averages are Spark's, as there."""
+    import numpy as np
+    import pandas as pd
+
+    spark = relevant.sparkSession
+    parts = score_parts(fitted)
+    if parts is None:  # a model that knows no item recommends nothing
+        lists = {"als": _empty_recommendations(spark)}
+        if popular is not None:
+            targets = relevant.select(CUSTOMER).distinct()
+            lists["baseline"] = top_unseen_popular(popular, targets, seen, k)
+        return ranking_metrics_of(lists, relevant, k)
+    item_factors, item_bias = parts.item_factors, parts.item_bias
+    n_items = len(item_factors)
+    # codes: the model's item ids, then any popular product the model does not know
+    codes = {r[PRODUCT]: r[ITEM] for r in _as_model(fitted).items.collect()}
+    order = np.zeros(0, int)
+    if popular is not None:
+        ranked = sorted(((r[PRODUCT], r["buyers"]) for r in popular.select(PRODUCT, "buyers")
+                         .collect()), key=lambda pb: (-pb[1], pb[0]))
+        for product, _ in ranked:
+            codes.setdefault(product, max(n_items, len(codes)))
+        order = np.asarray([codes[p] for p, _ in ranked], int)
+    n_codes = max(n_items, len(codes))
+    coded = spark.createDataFrame(list(codes.items()), f"{PRODUCT} string, _code int")
+    # a relevant product without a code counts in |R| but cannot be a hit
+    rel = (relevant.select(CUSTOMER, PRODUCT).distinct().join(F.broadcast(coded), PRODUCT, "left")
+           .groupBy(CUSTOMER).agg(F.count(F.lit(1)).alias("_n_rel"),
+                                  F.collect_list("_code").alias("_rel")))
+    seen_codes = (seen.select(CUSTOMER, PRODUCT).join(F.broadcast(coded), PRODUCT)
+                  .groupBy(CUSTOMER).agg(F.collect_list("_code").alias("_seen")))
+    rows = (rel.join(parts.users.select(CUSTOMER, "_offset", "_factors"), CUSTOMER, "left")
+            .join(seen_codes, CUSTOMER, "left"))
+    # 1 / log2(rank + 1) as Spark computes it (its log2 and numpy's differ in the last bit)
+    discount = np.asarray([r["d"] for r in spark.range(1, k + 1, numPartitions=1).select(
+        "id", (1.0 / F.log2(F.col("id").cast("int") + 1)).alias("d")).orderBy("id").collect()])
+    block = max(1, SCORE_BLOCK_CELLS // n_codes)
+    with_baseline = popular is not None
+
+    def figures(top, found, relevant_mask):
+        """hits, AP sum and DCG of lists (rows x ranks, in rank order), summed in rank order."""
+        hit = np.take_along_axis(relevant_mask, top, axis=1) & found
+        count = np.zeros(len(top), np.int64)
+        ap, dcg = np.zeros(len(top)), np.zeros(len(top))
+        for j in range(top.shape[1]):
+            h = hit[:, j]
+            ap = np.where(h, ap + (count + 1) / (j + 1), ap)
+            dcg = dcg + np.where(h, discount[j], 0.0)
+            count = count + h
+        return count, ap, dcg
+
+    def score(batches):
+        for frame in batches:
+            for start in range(0, len(frame), block):
+                part = frame.iloc[start:start + block]
+                relevant_mask = _seen_mask(part["_rel"], (len(part), n_codes))
+                n_rel = part["_n_rel"].to_numpy()
+                out = []
+                known = part["_factors"].notna().to_numpy()
+                hits, ap, dcg = (np.zeros(len(part), np.int64), np.zeros(len(part)),
+                                 np.zeros(len(part)))
+                if known.any():
+                    users = part[known]
+                    scores = _als_scores(users, item_factors, item_bias)
+                    top, top_scores = _best_unseen(scores, users["_seen"], k)
+                    hits[known], ap[known], dcg[known] = figures(
+                        top, np.isfinite(top_scores), relevant_mask[known])
+                out.append(("als", hits, ap, dcg))
+                if with_baseline and len(order):
+                    unseen = ~_seen_mask(part["_seen"], (len(part), n_codes))[:, order]
+                    take = min(k, len(order))
+                    # the first `take` unseen products in popularity order (stable: seen last)
+                    first = np.argsort(~unseen, axis=1, kind="stable")[:, :take]
+                    out.append(("baseline", *figures(order[first],
+                                                     np.take_along_axis(unseen, first, axis=1),
+                                                     relevant_mask)))
+                elif with_baseline:
+                    out.append(("baseline", *(np.zeros(len(part), t) for t in (np.int64, float,
+                                                                                 float))))
+                for name, h, a, d in out:
+                    yield pd.DataFrame({"_list": name, "_n_rel": n_rel.astype("int32"),
+                                        "_hits": h.astype("int32"), "_ap_sum": a, "_dcg": d})
+
+    per_customer = rows.mapInPandas(
+        score, "_list string, _n_rel int, _hits int, _ap_sum double, _dcg double")
+    return _summarize_ranking(per_customer, ["als", "baseline"] if with_baseline else ["als"], k)
+
+
+def _summarize_ranking(per_customer: DataFrame, wanted: list[str],
+                       k: int) -> dict[str, dict[str, Any]]:
+    """Per (list, customer) rows (_list, _n_rel, _hits, _ap_sum, _dcg) -> `ranking_metrics_of`'s
+    result: every figure averaged over each list's customers."""
     ideal = F.aggregate(F.sequence(F.lit(1), F.least("_n_rel", F.lit(k))), F.lit(0.0),
                         lambda acc, i: acc + 1.0 / F.log2(i + 1))
     rows = {row["_list"]: row for row in per_customer.groupBy("_list").agg(
@@ -616,14 +749,11 @@ def score_implicit(train_lines: DataFrame, test_lines: DataFrame, params: AlsPar
     """Fit on the training lines, rank for the held-out customers, score ALS (and popularity)."""
     train = purchase_counts(train_lines).persist()
     relevant = new_relevant(test_lines, train).persist()
-    targets = relevant.select(CUSTOMER).distinct()
     fitted = fit_als(train, params)
     try:
-        # both lists scored in one pass over the relevant sets
-        lists = {"als": top_unseen_als(fitted, targets, train, k)}
-        if baseline:
-            lists["baseline"] = top_unseen_popular(popularity(train), targets, train, k)
-        out: dict[str, Any] = ranking_metrics_of(lists, relevant, k)
+        # both lists ranked and scored in one pass over the customers with a relevant product
+        out: dict[str, Any] = als_and_popular_metrics(
+            fitted, relevant, train, k, popularity(train) if baseline else None)
         als = out["als"]
         out["counts"] = {"train_pairs": train.count(), "test_customers": als.pop("customers"),
                          "test_relevant_pairs": als.pop("relevant_pairs")}
