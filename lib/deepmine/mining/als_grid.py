@@ -26,6 +26,7 @@ it chooses recommend.explicit_model (docs/recommend-tuning.md).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -178,6 +179,23 @@ def ndcg_per_customer(coded: Coded, factors: tuple[np.ndarray, np.ndarray],
     return dcg / ideal
 
 
+def _one_blas_thread(search_fn):
+    """Runs `search_fn` with the BLAS (OpenBLAS under numpy) on one thread. The grid's products
+    and solves are small (rank x rank systems, users x rank blocks): a second BLAS thread buys
+    nothing, and on the driver, beside Spark's JVM and its Python workers on the same cores, the
+    spinning BLAS threads slowed the 1M-line grid about fourfold (8 points: 35 s in the stage,
+    3.9 s on one thread, 8.5-17 s on two alone). One thread or two give the same numbers."""
+    @functools.wraps(search_fn)
+    def run(*args, **kwargs):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # scikit-learn brings it; without it, the BLAS as configured
+            return search_fn(*args, **kwargs)
+        with threadpool_limits(limits=1, user_api="blas"):
+            return search_fn(*args, **kwargs)
+    return run
+
+
 @dataclass(frozen=True)
 class Point:
     """One grid point."""
@@ -243,6 +261,7 @@ def _choose(ordered: list[Point], per_point: list[np.ndarray], implicit: bool,
     return ordered[chosen], rows, choice
 
 
+@_one_blas_thread
 def search(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point], configured: Point,
            implicit: bool, k: int, max_iter: int, seed: int) -> tuple[Point, list[dict], dict]:
     """Score every point (and the configured one, first) on the validation part; returns the
@@ -300,6 +319,7 @@ def _predictions(coded: Coded, point: Point, known: tuple[np.ndarray, np.ndarray
     return np.einsum("nk,nk->n", users[known[0]], items[known[1]])
 
 
+@_one_blas_thread
 def search_explicit(fit_part: pd.DataFrame, valid: pd.DataFrame, points: list[Point],
                     configured: Point, model: str, damping: float, max_iter: int,
                     seed: int) -> tuple[Point, list[dict], dict, list[dict], dict]:
