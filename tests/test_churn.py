@@ -32,6 +32,34 @@ def test_cutoffs_never_look_past_the_run_date():
         "2026-10-23", "2026-09-23"]
 
 
+def test_model_choice_keeps_the_incumbent_within_the_margin(spark, tmp_path):
+    from deepmine.mining.churn import choose_model, incumbent_model
+    order = ["logistic", "gbt", "mean_of_classifiers"]
+    auc = {"logistic": 0.90, "gbt": 0.956, "mean_of_classifiers": 0.958}
+    last = {"model": "gbt", "run_date": "2026-11-21"}
+    # (incumbent, margin) -> the model published
+    table = [(None, 0.005, "mean_of_classifiers"),                 # first night: the best
+             (last, 0.005, "gbt"),                                 # 0.002 higher: kept
+             (last, 0.001, "mean_of_classifiers"),                 # 0.002 > 0.001: switched
+             (last, 0.0, "mean_of_classifiers"),                   # no margin: the best always
+             ({"model": "logistic", "run_date": "2026-11-21"}, 0.005, "mean_of_classifiers"),
+             ({"model": "random_forest", "run_date": "2026-11-21"}, 0.005,  # not a candidate
+              "mean_of_classifiers")]
+    assert [choose_model(auc, order, inc, m)[0] for inc, m, _ in table] == [t[2] for t in table]
+    assert "kept from 2026-11-21" in choose_model(auc, order, last, 0.005)[1]["reason"]
+    # ties go to the earlier candidate, as before
+    assert choose_model({"logistic": 0.9, "gbt": 0.9}, order, None, 0.005)[0] == "logistic"
+
+    lake = Lake(spark, str(tmp_path / "lake"))
+    assert incumbent_model(lake, "2026-11-22") is None  # no runs at all
+    lake.record_stage("2026-11-19", "churn", {"status": "ok", "metrics": {"model": "logistic"}})
+    lake.record_stage("2026-11-20", "churn", {"status": "degraded", "metrics": {"model": "gbt"}})
+    lake.record_stage("2026-11-21", "churn", {"status": "failed", "metrics": {}})
+    lake.record_stage("2026-11-22", "churn", {"status": "ok", "metrics": {"model": "logistic"}})
+    assert incumbent_model(lake, "2026-11-22") == {"model": "gbt", "run_date": "2026-11-20"}
+    assert incumbent_model(lake, "2026-11-20") == {"model": "logistic", "run_date": "2026-11-19"}
+
+
 def test_features_and_labels_by_hand(spark):
     """Three customers, hand-computed features as of a cutoff and labels of the horizon after."""
     rows = [  # invoice, customer, quantity, price, day, is_return

@@ -366,6 +366,14 @@ class Lake:
             return {"run_date": run_date, "lake_root": self.root, "stages": {}}
         return json.loads(self.read_text(url))
 
+    def run_dates(self, before: str | None = None) -> list[str]:
+        """The run dates with a run folder, oldest first; only those before `before` if given."""
+        if not self.exists(self.url("runs")):
+            return []
+        dates = (n.split("=", 1)[1] for n in self.list_dir(self.url("runs"))
+                 if n.startswith("run_date="))
+        return sorted(d for d in dates if before is None or d < before)
+
     def record_stage(self, run_date: str, stage: str, record: dict[str, Any]) -> str:
         """Merge one stage's record into the run's manifest; returns the manifest's URL."""
         manifest = self.read_manifest(run_date)

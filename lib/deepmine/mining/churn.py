@@ -67,6 +67,9 @@ def check_config(cfg: ChurnConfig) -> None:
         if unknown or not chosen:
             raise ConfigError(f"config key 'churn.{name}': expected a non-empty list from "
                               f"{list(allowed)}, found {chosen}")
+    if cfg.switch_margin < 0:
+        raise ConfigError(f"config key 'churn.switch_margin': expected >= 0, found "
+                          f"{cfg.switch_margin}")
     if not 0.0 < cfg.validation_share < 1.0:
         raise ConfigError(f"config key 'churn.validation_share': expected a share between 0 and 1, "
                           f"found {cfg.validation_share}")
@@ -256,7 +259,7 @@ def run_churn(spark: SparkSession, config: Config, run_date: str) -> dict:
                  .select("customer_id", "invoice_id", "quantity", "unit_price", "invoice_ts",
                          "is_return").persist())
         try:
-            result = _fit_and_score(lines, run_date, cfg, run)
+            result = _fit_and_score(lines, run_date, cfg, run, incumbent_model(lake, run_date))
             rows = lake.publish(result.pop("scores"), "mining/churn", partition)
         except HistoryTooShort as short:
             # nothing to learn from: say so and publish nothing (not a failure of the night)
@@ -290,7 +293,40 @@ def _compact(frame: DataFrame) -> DataFrame:
     return compact
 
 
-def _fit_and_score(lines: DataFrame, run_date: str, cfg: ChurnConfig, run: StageRun) -> dict:
+def choose_model(auc: dict[str, float], order: list[str], incumbent: dict | None,
+                 margin: float) -> tuple[str, dict]:
+    """The churn model to publish and why: the candidate with the highest validation AUC (ties:
+    the earlier in `order`), unless `incumbent` ({"model", "run_date"}: what the last earlier
+    run published) is among the candidates and within `margin` of it."""
+    best = max(auc, key=lambda n: (round(auc[n], 6), -order.index(n)))
+    if not incumbent or incumbent.get("model") not in auc:
+        return best, {"incumbent": incumbent, "reason": "highest validation AUC"
+                      + ("" if not incumbent else f" (the {incumbent['run_date']} model "
+                         f"{incumbent.get('model')} is not a candidate)")}
+    kept = incumbent["model"]
+    gain = auc[best] - auc[kept]
+    if best == kept or gain <= margin:
+        return kept, {"incumbent": incumbent, "reason": (
+            "highest validation AUC, as on " + incumbent["run_date"] if best == kept else
+            f"kept from {incumbent['run_date']}: {best} is higher by {gain:.4f}, not more "
+            f"than churn.switch_margin {margin}")}
+    return best, {"incumbent": incumbent,
+                  "reason": f"higher than {kept} (the {incumbent['run_date']} model) by "
+                            f"{gain:.4f}, more than churn.switch_margin {margin}"}
+
+
+def incumbent_model(lake: Lake, run_date: str) -> dict | None:
+    """The churn model of the last run before `run_date` whose churn stage published one."""
+    for earlier in reversed(lake.run_dates(before=run_date)):
+        record = lake.read_manifest(earlier)["stages"].get("churn", {})
+        model = record.get("metrics", {}).get("model")
+        if record.get("status") in ("ok", "degraded") and model:
+            return {"model": model, "run_date": earlier}
+    return None
+
+
+def _fit_and_score(lines: DataFrame, run_date: str, cfg: ChurnConfig, run: StageRun,
+                   incumbent: dict | None = None) -> dict:
     first_day = lines.agg(F.min("invoice_ts")).first()[0]
     usable = [t for t in cutoffs(run_date, cfg)
               if first_day is not None and _day(t) > first_day.date()]
@@ -334,8 +370,8 @@ def _fit_and_score(lines: DataFrame, run_date: str, cfg: ChurnConfig, run: Stage
                                            "regressor").fit(train)
             spend = _scores(spend_fitted[name], valid, ["spend_label"])
             spend_rmse[name] = _rmse(spend["_score"], spend["spend_label"])
-        order = [*cfg.classifiers, ENSEMBLE]
-        best = max(churn_auc, key=lambda n: (round(churn_auc[n], 6), -order.index(n)))
+        best, choice = choose_model(churn_auc, [*cfg.classifiers, ENSEMBLE], incumbent,
+                                    cfg.switch_margin)
         best_spend = min(spend_rmse, key=lambda n: (spend_rmse[n], cfg.regressors.index(n)))
         score = scored[best].to_numpy()
         label = scored["churned"].to_numpy()
@@ -343,7 +379,7 @@ def _fit_and_score(lines: DataFrame, run_date: str, cfg: ChurnConfig, run: Stage
         metrics: dict[str, Any] = ranking_metrics(score, label)
         baseline = ranking_metrics(recency, churned)
         metrics.update(
-            model=best, spend_model=best_spend,
+            model=best, model_choice=choice, spend_model=best_spend,
             candidates_auc={k: round(float(v), 4) for k, v in churn_auc.items()},
             candidates_spend_rmse=spend_rmse,
             baseline_auc=baseline["auc"], baseline_pr_auc=baseline["pr_auc"],

@@ -238,8 +238,10 @@ def section_churn(ctx: "ReportContext") -> Section | None:
     m = rec.get("metrics", {})
     status = _stage_status(rec, f"validation cutoff "
                            f"{html.escape(str(rec.get('counts', {}).get('validation_cutoff')))}, "
-                           f"churn model <b>{html.escape(str(m.get('model')))}</b>, spend model "
-                           f"<b>{html.escape(str(m.get('spend_model')))}</b>")
+                           f"churn model <b>{html.escape(str(m.get('model')))}</b>"
+                           + (f" ({html.escape(m['model_choice']['reason'])})"
+                              if m.get("model_choice") else "")
+                           + f", spend model <b>{html.escape(str(m.get('spend_model')))}</b>")
     table = pd.DataFrame([
         ("AUC", m.get("auc"), m.get("baseline_auc")),
         ("PR AUC", m.get("pr_auc"), m.get("baseline_pr_auc")),
@@ -555,8 +557,7 @@ class ReportContext:
         return df.select("image_id", "pixels").toPandas()
 
     def previous_run_date(self) -> str | None:
-        dates = sorted(n.split("=", 1)[1] for n in self.lake.list_dir(self.lake.url("runs"))
-                       if n.startswith("run_date=") and n.split("=", 1)[1] < self.run_date)
+        dates = self.lake.run_dates(before=self.run_date)
         return dates[-1] if dates else None
 
 
