@@ -64,6 +64,7 @@ missing); the checkpoint files made during the stage are deleted when it ends.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import itertools
@@ -988,15 +989,25 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
                 params, tuning = tune(params, cfg, data, split)
                 run.metrics.update(tuning)
             run.metrics["params"] = params.describe()
-            if cfg.evaluate:
-                metrics, counts = evaluate(params, cfg, data, split)
-                run.metrics.update(metrics)
-                run.counts.update(counts)
-                _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
-                reason = below_baseline(run.metrics, params.implicit, cfg.metrics_k)
-                if reason:
-                    run.degrade(reason)
-            fitted = fit_model(interactions, params)
+            # the final fit needs only the chosen parameters: it runs beside the evaluation (a
+            # second thread of Spark jobs), whose many small jobs leave the cores idle between
+            # tasks; ALS seeds every block, so the factors are the same as fit alone
+            with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+                final_fit = pool.submit(fit_model, interactions, params)
+                try:
+                    if cfg.evaluate:
+                        metrics, counts = evaluate(params, cfg, data, split)
+                        run.metrics.update(metrics)
+                        run.counts.update(counts)
+                        _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
+                        reason = below_baseline(run.metrics, params.implicit, cfg.metrics_k)
+                        if reason:
+                            run.degrade(reason)
+                except BaseException:
+                    with contextlib.suppress(Exception):  # the evaluation's error is the one told
+                        fitted = final_fit.result()
+                    raise
+                fitted = final_fit.result()
             recs = recommend_top_n(fitted, interactions, customers, seen, cfg.top_n)
             run.counts["recommendations"] = lake.publish(recs, TABLE, partition)
         finally:
