@@ -153,6 +153,15 @@ def test_training_sets_are_capped_by_their_rows():
     assert [training_set_count(*args) for args, _ in table] == [sets for _, sets in table]
 
 
+def test_row_groups_sized_to_the_rows():
+    from deepmine.deep.ncf import row_groups_for
+    # (rows, features.row_groups, ranks) -> row groups: 50,000 rows each, a multiple of the ranks
+    table = [((60_000, 8, 2), 2), ((0, 8, 2), 2), ((120_000, 8, 2), 4), ((485_000, 8, 2), 8),
+             ((2_650_000, 8, 2), 8), ((60_000, 8, 3), 3), ((500_000, 8, 3), 8),
+             ((500_000, 1, 2), 2)]
+    assert [row_groups_for(*args) for args, _ in table] == [groups for _, groups in table]
+
+
 # --------------------------------------------------------------------------- models
 
 @pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])

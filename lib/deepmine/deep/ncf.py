@@ -20,7 +20,8 @@ For run date D:
    each holding every training positive (label 1) and `ncf.negatives` items per positive drawn
    uniformly from the items the user never touched (label 0), with replacement as in the paper.
    Written as `features/ncf_train/run_date=D`, `split` = set_00, set_01, ..., each set as
-   `features.row_groups` files of one row group (rows dealt to them at random, seeded), so
+   files of one row group (one per 50,000 rows, a multiple of train.num_proc, at most
+   `features.row_groups`; rows dealt to them at random, seeded), so
    Petastorm can shard every set over the Horovod ranks.
 4. Training through the shared trainer (deepmine.deep.trainer, task `ncf`: Horovod ranks,
    Petastorm shards, checkpoints and resume, retries, train.budget_seconds), one set per epoch,
@@ -74,6 +75,10 @@ CUSTOMER, PRODUCT = "customer_id", "product_id"
 USER, ITEM = "user", "item"
 TEST_SALT, VALIDATION_SALT = 1_000_003, 1_000_033  # seed streams of the two kinds of lists
 SCORE_BLOCK_PAIRS = 1_000_000  # (user, item) pairs scored at once on the driver or a worker
+# rows a row group of the sampled tables is sized for: each group is one Spark task and one
+# file, so a small set in features.row_groups groups costs more in tasks than in rows (20
+# sets x 8 groups of 7,500 rows: 160 tasks for 1.2M rows on the nightly's 20,000 lines)
+ROWS_PER_GROUP = 50_000
 
 
 def check_config(config: Config) -> None:
@@ -220,6 +225,14 @@ def _laid_out(spark: SparkSession, df: DataFrame, group: F.Column, partitions: i
             .sortWithinPartitions(order).drop("_key"))
 
 
+def row_groups_for(rows: int, most: int, ranks: int) -> int:
+    """Row groups for a table of `rows`: one per ROWS_PER_GROUP rows, a multiple of the
+    `ranks` (Petastorm gives each rank whole groups), at least `ranks`, at most `most`
+    (features.row_groups)."""
+    wanted = max(ranks, -(-rows // ROWS_PER_GROUP))
+    return max(ranks, min(most, -(-wanted // ranks) * ranks))
+
+
 def set_name(s: int) -> str:
     return f"set_{s:02d}"
 
@@ -243,14 +256,14 @@ def publish_lists(lake: Lake, lists: DataFrame, table: str, groups: int,
 
 
 def sampling_description(split: DataFrame, config: Config, feedback: str, n_users: int,
-                         n_items: int, sets: int) -> dict[str, Any]:
+                         n_items: int, sets: int, groups: tuple[int, int]) -> dict[str, Any]:
     """What the sampled tables depend on: the settings and a checksum of the split pairs."""
     n = config.ncf
     checksum = split.agg(F.sum(F.xxhash64(CUSTOMER, PRODUCT, USER, ITEM, "role")
                                .cast("decimal(38,0)"))).first()[0]
     return {"feedback": feedback, "users": n_users, "items": n_items, "sets": sets,
             "negatives": n.negatives, "eval_negatives": n.eval_negatives, "seed": n.seed,
-            "row_groups": config.features.row_groups, "pairs_checksum": str(checksum)}
+            "row_groups": list(groups), "pairs_checksum": str(checksum)}
 
 
 def sampled_before(lake: Lake, partition: str, sampling: dict[str, Any]) -> dict | None:
@@ -575,7 +588,6 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
     n, k = config.ncf, config.ncf.k
     lake = Lake(spark, config.lake.root)
     partition = f"run_date={run_date}"
-    groups = config.features.row_groups
     with StageRun(lake, run_date, f"train_{NAME}") as run, _checkpoints_of_this_stage(spark, lake):
         clock = _Clock(run.log)
         feedback = config.recommend.feedback
@@ -590,7 +602,12 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
             roles = {r["role"]: r["count"] for r in split.groupBy("role").count().collect()}
             sets = training_set_count(n.negative_sets, n.epochs, roles.get("train", 0),
                                       n.negatives, n.max_sampled_rows)
-            sampling = sampling_description(split, config, feedback, n_users, n_items, sets)
+            most, ranks = config.features.row_groups, config.train.num_proc
+            groups = row_groups_for(roles.get("train", 0) * (1 + n.negatives), most, ranks)
+            list_groups = row_groups_for(max(roles.get("test", 0), roles.get("validation", 0)),
+                                         most, ranks)
+            sampling = sampling_description(split, config, feedback, n_users, n_items, sets,
+                                            (groups, list_groups))
             reuse = sampled_before(lake, partition, sampling)
             if not reuse:
                 publish_training_sets(
@@ -601,7 +618,7 @@ def run_train_ncf(spark: SparkSession, config: Config, run_date: str) -> dict:
                 if not reuse:
                     made = evaluation_lists(split, n_items, role, n.eval_negatives, n.seed)
                     left_out[role] = made.where(F.col("target") < 0).count()
-                    publish_lists(lake, made.where(F.col("target") >= 0), table, groups,
+                    publish_lists(lake, made.where(F.col("target") >= 0), table, list_groups,
                                   partition)
                 lists[role] = lake.read(table, partition).toPandas()
             if reuse:
