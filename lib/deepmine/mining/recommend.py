@@ -19,7 +19,8 @@ Evaluation (`recommend.evaluate`), on a held-out split, before the final fit
             ranked by number of buyers in the training part) each recommend `metrics_k` unseen
             products to every customer with a relevant product; precision@k, recall@k, MAP@k and
             NDCG@k (binary relevance, defined at `ranking_metrics`), the baseline's beside them as
-            `baseline_<metric>`.
+            `baseline_<metric>`. Both lists are ranked and scored in one pass over those
+            customers (als_and_popular_metrics): no list is built as a table.
   explicit  random: a rating is held out when a hash of (seed, user, item) falls below
             test_fraction, which is stable across runs and partitionings. RMSE and MAE of ALS's
             predictions clipped to the training rating range, on held-out pairs whose user and item
@@ -54,7 +55,8 @@ gets its `top_n` best products among those it has not bought (rated), `source = 
 exactly against every product in numpy blocks on the executors (top_unseen_als); every other
 customer in the history (e.g. one with only returns) gets the most popular products it has not
 bought, `source = popularity`. A baseline_als or blend model adds its biases (times their
-weight) to every score.
+weight) to every score. This fit needs only the chosen parameters, so it runs in a second thread
+beside the evaluation.
 
 ALS needs integer ids: customer and product ids are indexed in alphabetical order (StringIndexer),
 so the same history gives the same indices, and mapped back by joins. With the same history, seed
