@@ -13,7 +13,8 @@ The fit is least squares of seconds = fixed + per_line * lines over the sizes (t
 through both). With fewer than two sizes no fit is printed.
 
     .venv/bin/python scripts/bench/nightly.py --sizes 20000 1000000 [--conf conf/local.yaml]
-        [--skip train_autoencoder_images train_cnn] [--set key=value ...] [--dir DIR]
+        [--skip train_autoencoder_images train_cnn] [--skip-from 10000000 --skip-large train_ncf]
+        [--set key=value ...] [--dir DIR]
 
 Results: a table per size and the fit on stdout, bench-results/nightly.json.
 """
@@ -89,6 +90,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--dirty-rate", type=float, default=0.02)
     ap.add_argument("--skip", nargs="*", default=[], help="stages to skip (nightly.skip_stages)")
+    ap.add_argument("--skip-from", type=int, default=0,
+                    help="from this many lines on, also skip the --skip-large stages")
+    ap.add_argument("--skip-large", nargs="*", default=[],
+                    help="stages skipped only at sizes of --skip-from lines or more")
     ap.add_argument("--set", nargs="*", default=[], help="further config overrides")
     ap.add_argument("--dir", default=None, help="work folder (default: a fresh temporary one)")
     args = ap.parse_args()
@@ -109,8 +114,10 @@ def main() -> int:
         generate_s = time.perf_counter() - started
         overrides = [f"lake.root={folder / 'lake'}",
                      f"input.products={folder / 'gen' / 'products.csv'}", *args.set]
-        if args.skip:
-            overrides.append("nightly.skip_stages=[" + ",".join(args.skip) + "]")
+        skip = [*args.skip, *(args.skip_large if args.skip_from and lines >= args.skip_from
+                              else [])]
+        if skip:
+            overrides.append("nightly.skip_stages=[" + ",".join(skip) + "]")
         cmd = [*DEEPMINE, "nightly", "--conf", args.conf, "--date", DATE,
                "--input", str(folder / "gen" / "transactions.csv"), "--set", *overrides]
         wall, peak, code = run_measured(cmd, env, folder / "nightly.log")
@@ -138,6 +145,7 @@ def main() -> int:
                      "us_per_line_core": wall * cores / lines * 1e6, "peak_gib": peak / 2**30})
     publish("nightly", rows, meta={"sizes": args.sizes, "conf": args.conf, "seed": args.seed,
                                    "dirty_rate": args.dirty_rate, "skip": args.skip,
+                                   "skip_large": args.skip_large, "skip_from": args.skip_from,
                                    "set": args.set, "date": DATE})
     fits = []
     for name, by_size in per_stage.items():
