@@ -240,3 +240,25 @@ def test_stage_commands_that_write_take_the_lock(spark, tmp_path, capsys):
     from deepmine.cli import WRITES_LAKE, build_parser
     stages = set(build_parser()._subparsers._group_actions[0].choices)  # every command
     assert WRITES_LAKE == stages - {"nightly", "generate", "samples", "submit", "doctor", "models"}
+
+
+def test_image_table_and_models_follow_features_images():
+    """features.images false leaves the image trainings out of the nightly and the image table
+    out of the features stage's proof; skipping both image trainings turns it off for the night,
+    skipping one does not."""
+    from deepmine.core.config import load_config
+    from deepmine.nightly import STAGES, NightlyInputs, night_config
+    stages = {s.name: s for s in STAGES}
+    inputs = NightlyInputs("tx.csv", reviews="reviews.csv")
+    default, off = load_config(None, []), load_config(None, ["features.images=false"])
+    for name in ("train_cnn", "train_autoencoder_images"):
+        assert stages[name].applies(default, inputs) and not stages[name].applies(off, inputs)
+    assert stages["features"].published(default, inputs) == (
+        "features/images", "features/customers", "features/customer_values", "features/reviews")
+    assert stages["features"].published(off, NightlyInputs("", reviews="r.csv")) == \
+        ("features/reviews",)
+    both = load_config(None, ["nightly.skip_stages=[train_cnn,train_autoencoder_images]"])
+    one = load_config(None, ["nightly.skip_stages=[train_cnn]"])
+    assert (night_config(both).features.images, night_config(one).features.images,
+            night_config(default).features.images) == (False, True, True)
+    assert both.features.images  # the config itself is left as it was

@@ -138,10 +138,12 @@ STAGES: list[Stage] = [
     Stage("train_autoencoder_customers", _training("autoencoder", "customers"),
           ("models/autoencoder_customers", "predictions/autoencoder_customers"),
           applies=lambda config, inputs: bool(inputs.transactions), needs=("features",)),
+    # the image models, unless the image table is left out (features.images: false)
     Stage("train_autoencoder_images", _training("autoencoder", "images"),
-          ("models/autoencoder_images", "predictions/autoencoder_images"), needs=("features",)),
+          ("models/autoencoder_images", "predictions/autoencoder_images"),
+          applies=lambda config, inputs: config.features.images, needs=("features",)),
     Stage("train_cnn", _training("cnn", "images"), ("models/cnn", "predictions/cnn"),
-          needs=("features",)),
+          applies=lambda config, inputs: config.features.images, needs=("features",)),
     # review sentiment where reviews were ingested, then the per-product summary
     *[Stage(f"train_{m}", _training(m, "reviews"), (f"models/{m}", f"predictions/{m}"),
             applies=lambda config, inputs: bool(inputs.reviews), needs=("features",))

@@ -390,8 +390,9 @@ class FeaturesConfig:
     # row groups per table (per split for images), each in its own file and of equal size (+-1 row):
     # Petastorm shards by row group, so this must be a multiple of train.num_proc for a fair share
     row_groups: int = 8
-    # build features/images, the image models' input. The nightly leaves it out for a night on
-    # which neither image training runs (both in nightly.skip_stages), whatever this says
+    # build features/images, the image models' input; false also leaves the image trainings out
+    # of the nightly. The nightly leaves the table out for a night on which neither image
+    # training runs (both in nightly.skip_stages), whatever this says
     images: bool = True
     # images when clean/images has none for the run: Fashion-MNIST from its Debian package, else
     # synthetic shapes; per split, 0 = all (the small default keeps the nightly fast on 2 cores)
