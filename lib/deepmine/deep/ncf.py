@@ -14,9 +14,10 @@ For run date D:
    ncf.seed and the user) and the held-out item is put among them at a seeded random place:
    `features/ncf_test` and `features/ncf_validation` (user, items, target = the held-out item's
    place). A user with fewer untouched items than that is left out of the lists (counted).
-3. Negative sampling in Spark (`groupBy(user).applyInPandas`, numpy seeded by (ncf.seed, set,
-   user)): `ncf.negative_sets` training sets (0 = one per epoch: fresh negatives every epoch;
-   fewer when they would hold more than `ncf.max_sampled_rows` rows, the epochs cycling them),
+3. Negative sampling in Spark (`mapInPandas` over each user's items as arrays, numpy seeded by
+   (ncf.seed, set, user)): `ncf.negative_sets` training sets (0 = one per epoch: fresh
+   negatives every epoch; fewer when they would hold more than `ncf.max_sampled_rows` rows, the
+   epochs cycling them),
    each holding every training positive (label 1) and `ncf.negatives` items per positive drawn
    uniformly from the items the user never touched (label 0), with replacement as in the paper.
    Written as `features/ncf_train/run_date=D`, `split` = set_00, set_01, ..., each set as

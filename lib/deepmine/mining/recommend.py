@@ -993,22 +993,18 @@ def run_recommend(spark: SparkSession, config: Config, run_date: str) -> dict:
             run.metrics["params"] = params.describe()
             # the final fit needs only the chosen parameters: it runs beside the evaluation (a
             # second thread of Spark jobs), whose many small jobs leave the cores idle between
-            # tasks; ALS seeds every block, so the factors are the same as fit alone
+            # tasks; ALS seeds every block, so the factors are the same as fit alone. Leaving
+            # the pool waits for the fit, so an evaluation error is raised after it, alone
             with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
                 final_fit = pool.submit(fit_model, interactions, params)
-                try:
-                    if cfg.evaluate:
-                        metrics, counts = evaluate(params, cfg, data, split)
-                        run.metrics.update(metrics)
-                        run.counts.update(counts)
-                        _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
-                        reason = below_baseline(run.metrics, params.implicit, cfg.metrics_k)
-                        if reason:
-                            run.degrade(reason)
-                except BaseException:
-                    with contextlib.suppress(Exception):  # the evaluation's error is the one told
-                        fitted = final_fit.result()
-                    raise
+                if cfg.evaluate:
+                    metrics, counts = evaluate(params, cfg, data, split)
+                    run.metrics.update(metrics)
+                    run.counts.update(counts)
+                    _log_evaluation(run.metrics, params.implicit, cfg.metrics_k)
+                    reason = below_baseline(run.metrics, params.implicit, cfg.metrics_k)
+                    if reason:
+                        run.degrade(reason)
                 fitted = final_fit.result()
             recs = recommend_top_n(fitted, interactions, customers, seen, cfg.top_n)
             run.counts["recommendations"] = lake.publish(recs, TABLE, partition)
