@@ -145,6 +145,9 @@ class ChurnConfig:
     top_features: int = 12  # univariate: the features kept
     pca_components: int = 8  # pca: the components kept
     risk_bands: list[float] = field(default_factory=lambda: [0.4, 0.7])  # medium from, high from
+    # candidate fits run this many at a time (threads of the driver, as CrossValidator's
+    # parallelism); 0 = spark.default.parallelism. The models are the same whatever it is
+    parallelism: int = 0
     seed: int = 42
 
 

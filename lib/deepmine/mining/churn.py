@@ -23,6 +23,7 @@ spend prediction. A model that does not beat its baseline leaves the stage `degr
 from __future__ import annotations
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -73,6 +74,9 @@ def check_config(cfg: ChurnConfig) -> None:
     if not 0.0 < cfg.validation_share < 1.0:
         raise ConfigError(f"config key 'churn.validation_share': expected a share between 0 and 1, "
                           f"found {cfg.validation_share}")
+    if cfg.parallelism < 0:
+        raise ConfigError(f"config key 'churn.parallelism': expected >= 0 (0 = Spark's default "
+                          f"parallelism), found {cfg.parallelism}")
     if cfg.training_cutoffs < 1:
         raise ConfigError(f"config key 'churn.training_cutoffs': expected >= 1, "
                           f"found {cfg.training_cutoffs}")
@@ -293,6 +297,36 @@ def _compact(frame: DataFrame) -> DataFrame:
     return compact
 
 
+def fit_candidates(train: DataFrame, valid: DataFrame, cfg: ChurnConfig
+                   ) -> tuple[dict, dict, dict[str, pd.DataFrame]]:
+    """Every candidate pipeline fitted on `train` and scored on `valid`: (classifiers by name,
+    regressors by name, validation scores by name, "spend:<name>" for a regressor).
+
+    The fits run `churn.parallelism` at a time from threads of this driver, as Spark ML's
+    CrossValidator runs its folds (`parallelism`): each candidate is a chain of small Spark jobs
+    (an iteration or a tree level each) on a compacted table, and one job at a time leaves cores
+    idle. Every fit is seeded and reads the same persisted partitions, so the models do not
+    depend on the order the threads run in."""
+    jobs = ([(name, _pipeline(cfg, _classifier(name, cfg.seed), "churned", "classifier"),
+              ["customer_id"]) for name in cfg.classifiers]
+            + [(f"spend:{name}", _pipeline(cfg, _regressor(name, cfg.seed), "spend_label",
+                                          "regressor"), ["spend_label"])
+               for name in cfg.regressors])
+
+    def fit(job):
+        _, pipeline, columns = job
+        model = pipeline.fit(train)
+        return model, _scores(model, valid, columns)
+
+    workers = cfg.parallelism or train.sparkSession.sparkContext.defaultParallelism
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(jobs)))) as pool:
+        done = dict(zip([name for name, _, _ in jobs], pool.map(fit, jobs)))
+    models = {name: model for name, (model, _) in done.items()}
+    return ({n: models[n] for n in cfg.classifiers},
+            {n: models[f"spend:{n}"] for n in cfg.regressors},
+            {name: scores for name, (_, scores) in done.items()})
+
+
 def choose_model(auc: dict[str, float], order: list[str], incumbent: dict | None,
                  margin: float) -> tuple[str, dict]:
     """The churn model to publish and why: the candidate with the highest validation AUC (ties:
@@ -354,21 +388,18 @@ def _fit_and_score(lines: DataFrame, run_date: str, cfg: ChurnConfig, run: Stage
             raise HistoryTooShort(f"the held-out customers at the cutoff {t0} have only one outcome "
                              f"({len(truth)} customers); churn cannot be learned from this history")
         # candidates compared on the held-out customers at the latest cutoff, beside the baselines
-        churn_auc, spend_rmse, fitted, spend_fitted = {}, {}, {}, {}
+        fitted, spend_fitted, validated = fit_candidates(train, valid, cfg)
+        churn_auc, spend_rmse = {}, {}
         scored = truth[["customer_id", "churned"]]
         for name in cfg.classifiers:
-            fitted[name] = _pipeline(cfg, _classifier(name, cfg.seed), "churned",
-                                     "classifier").fit(train)
-            got = _scores(fitted[name], valid, ["customer_id"]).rename(columns={"_score": name})
+            got = validated[name].rename(columns={"_score": name})
             scored = scored.merge(got, on="customer_id")
         if len(cfg.classifiers) > 1:  # the mean of their probabilities, a candidate too
             scored[ENSEMBLE] = scored[list(cfg.classifiers)].mean(axis=1)
         for name in scored.columns.drop(["customer_id", "churned"]):
             churn_auc[name] = roc_auc_score(scored["churned"], scored[name])
         for name in cfg.regressors:
-            spend_fitted[name] = _pipeline(cfg, _regressor(name, cfg.seed), "spend_label",
-                                           "regressor").fit(train)
-            spend = _scores(spend_fitted[name], valid, ["spend_label"])
+            spend = validated[f"spend:{name}"]
             spend_rmse[name] = _rmse(spend["_score"], spend["spend_label"])
         best, choice = choose_model(churn_auc, [*cfg.classifiers, ENSEMBLE], incumbent,
                                     cfg.switch_margin)
