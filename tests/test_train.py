@@ -317,11 +317,17 @@ def test_warm_target_puts_most_weight_on_the_starting_cluster():
     assert torch.allclose(target, expected) and torch.allclose(target.sum(1), torch.ones(3))
 
 
-def test_columnar_batches_equal_petastorms_own(tmp_path):
-    """open_loader's list-column conversion gives the batches Petastorm's own gives, in order."""
+@pytest.mark.parametrize("shuffle_buffer, pool", [(40, "dummy"), (0, "dummy"), (0, "read_ahead"),
+                                                   (40, "read_ahead")])
+def test_columnar_batches_equal_petastorms_own(tmp_path, shuffle_buffer, pool):
+    """open_loader's batches (its list-column conversion, its read-ahead thread, its in-order
+    slicing without a shuffling buffer) are the ones Petastorm's own reader and BatchedDataLoader
+    give on the dummy pool, in order."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+    from petastorm import make_batch_reader
+    from petastorm.pytorch import BatchedDataLoader
 
     from deepmine.deep.loader import open_loader
     rng = np.random.default_rng(5)
@@ -338,12 +344,18 @@ def test_columnar_batches_equal_petastorms_own(tmp_path):
         pq.write_table(table, path, row_group_size=20)
         urls.append(path.as_uri())
 
-    def batches(columnar: bool) -> list[dict]:
-        torch.manual_seed(9)
-        with open_loader(urls, 0, 1, ["row_id", "features", "label"], 16, seed=3,
-                         shuffle_buffer=40, columnar=columnar) as loader:
-            return list(loader)
-    ours, theirs = batches(True), batches(False)
+    columns = ["row_id", "features", "label"]
+    torch.manual_seed(9)
+    with open_loader(urls, 0, 1, columns, 16, seed=3, shuffle_buffer=shuffle_buffer,
+                     pool=pool) as loader:
+        ours = list(loader)
+    torch.manual_seed(9)
+    reader = make_batch_reader(urls, schema_fields=columns, reader_pool_type="dummy",
+                               workers_count=1, seed=3, shuffle_row_groups=True,
+                               shuffle_rows=False, num_epochs=1, cur_shard=0, shard_count=1)
+    with BatchedDataLoader(reader, batch_size=16,
+                           shuffling_queue_capacity=shuffle_buffer) as loader:
+        theirs = list(loader)
     assert len(ours) == len(theirs) and sum(len(b["row_id"]) for b in ours) == 153
     for a, b in zip(ours, theirs):
         assert a.keys() == b.keys()

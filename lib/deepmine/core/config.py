@@ -443,7 +443,10 @@ class TrainConfig:
     batch_size: int = 128  # per rank
     lr: float = 0.001  # per rank; multiplied by num_proc (Adam)
     seed: int = 42  # weights, shuffling, K-means init: same data + seed -> same model
-    reader_pool: Literal["dummy", "thread"] = "dummy"  # dummy: deterministic row-group order
+    # read_ahead: one thread decodes the next row groups while this one trains, in the same
+    # order as dummy (read in the training thread); both make resumed training retrace an
+    # uninterrupted one. thread: several readers, the order of row groups not fixed
+    reader_pool: Literal["dummy", "read_ahead", "thread"] = "read_ahead"
     shuffle_buffer: int = 2048  # rows in the batched loader's shuffling buffer (0 = no row shuffle)
     # deep clustering (autoencoder): pretrain, K-means on embeddings, then DEC/IDEC refinement
     pretrain_epochs: int = 30  # images: most pretraining epochs (early stopping ends it sooner)

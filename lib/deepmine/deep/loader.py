@@ -14,8 +14,11 @@ reader `ColumnarBatches` instead, which reshapes Arrow's flat buffer of values (
 equal-length lists is one buffer plus offsets) and leaves every other column to pandas as
 Petastorm does; the batches hold the same values (tests/test_train.py compares them).
 
-With `pool="dummy"` the reader runs in the calling thread, so the order of row groups and hence of
-batches is fixed by the seed: the condition for a resumed training to retrace an uninterrupted one.
+With `pool="dummy"` the reader runs in the calling thread; with `pool="read_ahead"` (training's
+default) one worker thread decodes the next row groups meanwhile and hands them over in the order
+they were dealt. Either way the order of row groups and hence of batches is fixed by the seed: the
+condition for a resumed training to retrace an uninterrupted one. Without a shuffling buffer the
+batches are sliced from each row group in order (`batches_in_order`), not copied.
 
 `parquet_parts` lists a table partition's files with their row-group sizes (and the `split` each
 holds), read from Parquet footers only, through pyarrow's file systems (file://, hdfs://, s3://).
@@ -24,7 +27,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -83,7 +86,10 @@ def column_to_numpy(column: pa.ChunkedArray | pa.Array, shape: tuple = ()) -> np
     """One column of a row group as the array a Petastorm batch holds: list columns as
     (rows, length) (or (rows, *shape)) from the flat values, strings as a NumPy str array, others
     through pandas."""
-    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if isinstance(column, pa.ChunkedArray):  # one chunk (a row group): no copy to combine
+        array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    else:
+        array = column
     if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
         lengths = pc.list_value_length(array)
         widths = pc.min_max(lengths).as_py()
@@ -118,10 +124,18 @@ class ColumnarBatches:
             for name in table.column_names})
 
 
+# "dummy": row groups read in the calling thread; "read_ahead": one worker thread reads the next
+# row groups (at most READ_AHEAD_GROUPS decoded) while the caller trains on this one, in the same
+# order, since a single worker takes them as they were dealt; "thread": `workers` threads, faster
+# still, but the order of row groups then depends on which thread finishes first
+POOLS = ("dummy", "read_ahead", "thread")
+READ_AHEAD_GROUPS = 2
+
+
 @contextlib.contextmanager
 def open_loader(urls: list[str], rank: int, size: int, columns: list[str], batch_size: int,
                 seed: int | None = None, epoch: int = 0, shuffle: bool = True,
-                shuffle_buffer: int = 0, pool: str = "dummy", workers: int = 4,
+                shuffle_buffer: int = 0, pool: str = "read_ahead", workers: int = 4,
                 columnar: bool = True) -> Iterator:
     """A batched PyTorch loader over this rank's shard of `urls`, for one epoch.
 
@@ -136,18 +150,61 @@ def open_loader(urls: list[str], rank: int, size: int, columns: list[str], batch
 
     if not urls:
         raise ValueError("open_loader: no Parquet files to read (is the feature table empty?)")
+    if pool not in POOLS:
+        raise ValueError(f"open_loader: pool {pool!r}, expected one of {POOLS}")
+    ahead = pool == "read_ahead"
     reader = make_batch_reader(
-        urls, schema_fields=columns, reader_pool_type=pool,
-        workers_count=1 if pool == "dummy" else workers,
+        urls, schema_fields=columns, reader_pool_type="thread" if ahead else pool,
+        workers_count=1 if pool in ("dummy", "read_ahead") else workers,
+        results_queue_size=READ_AHEAD_GROUPS if ahead else 50,
         seed=(seed + epoch) if (shuffle and seed is not None) else None,
         shuffle_row_groups=shuffle, shuffle_rows=False, num_epochs=1,
         cur_shard=rank, shard_count=size)
     if columnar:
         reader._results_queue_reader = ColumnarBatches()
-    loader = BatchedDataLoader(reader, batch_size=batch_size,
-                               shuffling_queue_capacity=shuffle_buffer if shuffle else 0)
-    with loader:
-        yield loader
+    if shuffle and shuffle_buffer > 0:
+        with BatchedDataLoader(reader, batch_size=batch_size,
+                               shuffling_queue_capacity=shuffle_buffer) as loader:
+            yield loader
+        return
+    try:
+        yield batches_in_order(reader, batch_size)
+    finally:
+        reader.stop()
+        reader.join()
+
+
+def batches_in_order(blocks: Iterable, batch_size: int) -> Iterator[dict]:
+    """Batches of `batch_size` rows (the last may be smaller) in the order of `blocks`, the
+    reader's row groups as namedtuples of arrays: what Petastorm's BatchedDataLoader gives with
+    no shuffling buffer, without its copy of every row group (it concatenates the rest of one row
+    group with the whole next one). Within a row group a batch is a view; only a batch that spans
+    two row groups is joined, from its own rows."""
+    import torch
+    from petastorm.pytorch import _sanitize_pytorch_types
+    pending: list[dict] = []
+    held = 0
+    for row in blocks:
+        block = row._asdict()
+        _sanitize_pytorch_types(block)  # the type promotions Petastorm's loaders make
+        block = {k: torch.as_tensor(v) for k, v in block.items()}
+        n = len(next(iter(block.values()))) if block else 0
+        start = 0
+        if held:
+            start = min(batch_size - held, n)
+            pending.append({k: v[:start] for k, v in block.items()})
+            held += start
+            if held < batch_size:
+                continue
+            yield {k: torch.cat([p[k] for p in pending]) for k in block}
+            pending, held = [], 0
+        while n - start >= batch_size:
+            yield {k: v[start:start + batch_size] for k, v in block.items()}
+            start += batch_size
+        if start < n:
+            pending, held = [{k: v[start:] for k, v in block.items()}], n - start
+    if held:
+        yield {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
 
 
 def rows_seen(urls: list[str], epochs: int, seed: int, batch_size: int = 64,

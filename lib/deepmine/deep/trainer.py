@@ -130,7 +130,7 @@ class TrainArgs:
     lr: float = 0.001
     seed: int = 42
     device: str = "auto"
-    reader_pool: str = "dummy"
+    reader_pool: str = "read_ahead"
     shuffle_buffer: int = 2048
     dec_variant: str = "idec"
     dec_gamma: float = 0.1
