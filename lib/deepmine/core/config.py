@@ -98,7 +98,7 @@ class RfmConfig:
     n_init: int = 2  # K-means runs per k (seeds seed, seed+1, ...); the lowest cost wins
     # up to this many customers the K-means sweep over k runs on the driver with scikit-learn on
     # the whole table; above it, the sweep runs on a seeded sample of this size and only the
-    # chosen k is fitted on every customer by Spark ML
+    # chosen k's centres are refined on every customer by Lloyd's iterations in Spark
     local_max_customers: int = 200_000
     # silhouette (the k-choosing score) on a seeded sample of at most this many customers: its cost
     # grows with the square of the sample

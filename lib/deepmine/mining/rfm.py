@@ -36,7 +36,7 @@ mapping lives. Clusters: K-means on standardized log1p features, k chosen by sil
 Euclidean, on a seeded sample of rfm.silhouette_sample customers) over [rfm.k_min, rfm.k_max],
 each k the lowest-cost of rfm.n_init seeded runs; scikit-learn on the driver up to
 rfm.local_max_customers customers, above that the k sweep on a seeded sample of that size and the
-chosen k fitted by Spark ML on all (choose_clusters). Cluster ids are renumbered by size, 0 the
+chosen k's centres refined on all by Lloyd's iterations in Spark (choose_clusters). Cluster ids are renumbered by size, 0 the
 largest. When K-means leaves fewer than 2 non-empty clusters for every k tried, every customer gets
 cluster 0 and the stage ends `degraded` with the reason (published, but the clusters mean nothing).
 """
@@ -47,8 +47,6 @@ import math
 from functools import reduce
 from typing import Any
 
-from pyspark.ml.clustering import KMeans
-from pyspark.ml.feature import VectorAssembler
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -244,36 +242,46 @@ def standardized_features(rfm: DataFrame, columns: tuple[str, ...]) -> DataFrame
     return logged.select("customer_id", *[scaled(c) for c in columns])
 
 
-def feature_vectors(features: DataFrame, columns: tuple[str, ...], partitions: int) -> DataFrame:
-    """standardized_features -> customer_id + `features` (a vector) for Spark ML. The rows are
-    hash-partitioned and sorted by customer so that a seeded K-means sees the same input order on
-    every run."""
-    assembled = VectorAssembler(inputCols=list(columns), outputCol="features").transform(features)
-    return (assembled.select("customer_id", "features")
-            .repartition(partitions, "customer_id").sortWithinPartitions("customer_id"))
+def nearest_centre(columns: tuple[str, ...], centres) -> Column:
+    """The index of the centre (rows of `centres`, one value per column) nearest to each row in
+    squared Euclidean distance, as a Spark expression; ties go to the lower index."""
+    distances = [sum((F.col(c) - F.lit(float(centre[j]))) ** 2 for j, c in enumerate(columns))
+                 for centre in centres]
+    if len(distances) == 1:
+        return F.lit(0)
+    best = F.least(*distances)
+    label = F.when(distances[0] == best, F.lit(0))
+    for i, d in enumerate(distances[1:-1], start=1):
+        label = label.when(d == best, F.lit(i))
+    return label.otherwise(F.lit(len(distances) - 1))
 
 
-def fit_kmeans(features: DataFrame, k: int, seed: int, max_iter: int = 50, n_init: int = 3):
-    """Spark ML: the K-means model of lowest within-cluster cost over `n_init` runs seeded seed,
-    seed+1, ... One run can stop in a poor local optimum (on generated data, 1 run in 4 merged two
-    planted groups and split another); restarts are the usual remedy."""
-    best = None
-    for run in range(n_init):
-        model = KMeans(k=k, seed=seed + run, maxIter=max_iter, featuresCol="features",
-                       predictionCol="_label").fit(features)
-        if best is None or model.summary.trainingCost < best.summary.trainingCost:
-            best = model
-    return best
+def lloyd_on_spark(features: DataFrame, columns: tuple[str, ...], centres, max_iter: int,
+                   tolerance: float = 1e-10) -> tuple[Column, list[int], int]:
+    """K-means (Lloyd's iterations) over every row of `features` from `centres`, one Spark
+    aggregate per iteration: each row to its nearest centre, then each centre to the mean of its
+    rows (a centre left without rows stays where it was), until no centre moves by more than
+    `tolerance` (squared) or `max_iter`. Returns the assignment expression of the final centres,
+    the rows per centre under it, and the iterations run.
 
-
-CUSTOMERS_PER_PARTITION = 100_000
-
-
-def feature_partitions(customers: int, max_partitions: int) -> int:
-    """Partitions for Spark K-means' input: about CUSTOMERS_PER_PARTITION customers each, at most
-    `max_partitions`. Each K-means iteration is a Spark job, and on small inputs the tasks'
-    overhead is most of its time (one partition fits 800 customers about twice as fast as four)."""
-    return max(1, min(max_partitions, -(-customers // CUSTOMERS_PER_PARTITION)))
+    Started from the centres of a sample's K-means, this is what fitting on every customer adds:
+    a few passes instead of Spark ML's restarts from scratch (n_init x maxIter jobs)."""
+    import numpy as np
+    centres = np.asarray(centres, dtype=np.float64)
+    for iteration in range(1, max_iter + 1):
+        label = nearest_centre(columns, centres)
+        rows = (features.groupBy(label.alias("_label"))
+                .agg(F.count("*").alias("n"), *[F.avg(c).alias(c) for c in columns]).collect())
+        sizes = [0] * len(centres)
+        moved = centres.copy()
+        for r in rows:
+            sizes[r["_label"]] = int(r["n"])
+            moved[r["_label"]] = [r[c] for c in columns]
+        shift = float(((moved - centres) ** 2).sum(axis=1).max())
+        if shift <= tolerance or iteration == max_iter:
+            return label, sizes, iteration
+        centres = moved
+    raise ValueError("lloyd_on_spark: max_iter must be at least 1")
 
 
 def collapsed(cluster_sizes) -> bool:
@@ -309,14 +317,14 @@ def sweep_k(x, k_min: int, k_max: int, seed: int, max_iter: int, n_init: int,
 
 def choose_clusters(features: DataFrame, columns: tuple[str, ...], k_min: int, k_max: int,
                     seed: int, max_iter: int = 50, n_init: int = 3,
-                    local_max_customers: int = 200_000, silhouette_sample: int = 10_000,
-                    partitions: int = 1) -> tuple[DataFrame | None, dict[str, Any]]:
+                    local_max_customers: int = 200_000, silhouette_sample: int = 10_000
+                    ) -> tuple[DataFrame | None, dict[str, Any]]:
     """Choose k in [k_min, k_max] by silhouette (ties: smaller k) and cluster every customer.
 
     `features`: standardized_features. With at most `local_max_customers` customers the table is
     collected and scikit-learn fits every k on all of it (n_init seeded restarts each); with more,
-    the same sweep runs on a seeded sample of `local_max_customers` customers and only the chosen k
-    is fitted on the whole table, by Spark ML (fit_kmeans). Silhouettes are measured on a seeded
+    the same sweep runs on a seeded sample of `local_max_customers` customers and the chosen k's
+    centres are refined on the whole table by Lloyd's iterations in Spark (lloyd_on_spark). Silhouettes are measured on a seeded
     sample of at most `silhouette_sample` customers (its standard error is far below the gaps
     between k seen on real data).
 
@@ -349,7 +357,7 @@ def choose_clusters(features: DataFrame, columns: tuple[str, ...], k_min: int, k
     metrics["silhouette_by_k"] = {str(k): round(f[0], 6) for k, f in fits.items()}
     metrics["selection"] = (f"scikit-learn on all {customers} customers" if local else
                             f"scikit-learn on a seeded sample of {len(x)} of {customers} "
-                            "customers; the chosen k fitted by Spark ML on all")
+                            "customers; the chosen k's centres refined on all by Spark")
     metrics["silhouette_sample"] = min(len(x), silhouette_sample)
     if not fits:
         metrics.update(k=1, silhouette=None, degraded_reason=(
@@ -363,15 +371,16 @@ def choose_clusters(features: DataFrame, columns: tuple[str, ...], k_min: int, k
         labelled = pd.DataFrame({"customer_id": table["customer_id"], "_label": labels})
         predicted = spark.createDataFrame(labelled, "customer_id string, _label int")
     else:
-        model = fit_kmeans(feature_vectors(features, columns, partitions), k, seed, max_iter,
-                           n_init)
-        sizes = list(model.summary.clusterSizes)
+        start = np.stack([x[labels == c].mean(axis=0) for c in range(k) if sizes[c] > 0])
+        label, sizes, iterations = lloyd_on_spark(features, columns, start, max_iter)
+        metrics["refinement_iterations"] = iterations
         if collapsed(sizes):
             metrics.update(k=1, silhouette=None, degraded_reason=(
-                f"Spark ML K-means with k={k} (chosen on a sample) put every customer in one "
-                "cluster: cluster is 0 for all, not a clustering"))
+                f"K-means with k={k} (chosen on a sample) put every customer in one cluster: "
+                "cluster is 0 for all, not a clustering"))
             return None, metrics
-        predicted = model.transform(feature_vectors(features, columns, partitions))
+        k = len(sizes)
+        predicted = features.select("customer_id", label.alias("_label"))
     order = sorted(range(k), key=lambda c: (-sizes[c], c))
     relabel = F.create_map(*[e for new, old in enumerate(order) for e in (F.lit(old), F.lit(new))])
     metrics.update(k=k, silhouette=round(score, 6),
@@ -447,8 +456,7 @@ def run_rfm(spark: SparkSession, config: Config, run_date: str) -> dict:
                 try:
                     clusters, cluster_metrics = choose_clusters(
                         features, columns, cfg.k_min, cfg.k_max, cfg.seed, cfg.max_iter,
-                        cfg.n_init, cfg.local_max_customers, cfg.silhouette_sample,
-                        feature_partitions(customers, config.spark.shuffle_partitions))
+                        cfg.n_init, cfg.local_max_customers, cfg.silhouette_sample)
                     if "degraded_reason" in cluster_metrics:
                         run.degrade(cluster_metrics.pop("degraded_reason"))
                     out = (rfm.withColumn("cluster", F.lit(0)) if clusters is None
