@@ -164,25 +164,63 @@ def test_row_groups_sized_to_the_rows():
 
 # --------------------------------------------------------------------------- models
 
-@pytest.mark.parametrize("kind", ["gmf", "mlp", "neumf"])
-def test_networks_score_pairs_and_learn_a_planted_preference(kind):
+@pytest.mark.parametrize("kind, sparse", [("gmf", False), ("mlp", False), ("neumf", False),
+                                          ("neumf", True)])
+def test_networks_score_pairs_and_learn_a_planted_preference(kind, sparse):
+    from deepmine.deep.lazy_adam import LazyAdam
     from deepmine.deep.models import build
     torch.manual_seed(0)
     model = build({"kind": kind, "n_users": 20, "n_items": 10, "factors": 8,
-                   "mlp_layers": [16, 8]})
+                   "mlp_layers": [16, 8], "sparse_embeddings": sparse})
     # users < 10 like items < 5, the others the rest
     users = torch.arange(20).repeat_interleave(10)
     items = torch.arange(10).repeat(20)
     x = torch.stack([users, items], 1).float()
     y = ((users < 10) == (items < 5)).float()
     assert model(x).shape == (200,)
-    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    opt = (LazyAdam if sparse else torch.optim.Adam)(model.parameters(), lr=0.05)
     for _ in range(200):
         opt.zero_grad()
         loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
         loss.backward()
         opt.step()
+    if sparse:
+        assert model.gmf.user.weight.grad.is_sparse and not model.out.weight.grad.is_sparse
     assert ((model(x) > 0).float() == y).float().mean() > 0.95
+
+
+def test_lazy_adam_is_adam_on_dense_and_sparse_adam_on_sparse_gradients():
+    """Against torch's own: Adam on a dense gradient; on an embedding whose every row is looked
+    up each step, dense Adam; on one whose batches touch some rows, SparseAdam (the rows not
+    looked up do not move); an empty sparse gradient (a rank with no batch left) moves nothing."""
+    from deepmine.deep.lazy_adam import LazyAdam, empty_sparse_grad
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(5, 3))
+    b = torch.nn.Parameter(a.detach().clone())
+    theirs, ours = torch.optim.Adam([a], lr=0.01), LazyAdam([b], lr=0.01)
+    for _ in range(5):
+        g = torch.randn(5, 3)
+        a.grad, b.grad = g.clone(), g.clone()
+        theirs.step()
+        ours.step()
+    assert torch.allclose(a, b, atol=1e-6)
+    for reference, rows in ((torch.optim.Adam, lambda: torch.tensor([0, 1, 2, 3, 4, 5, 2, 2])),
+                            (torch.optim.SparseAdam, lambda: torch.randint(0, 6, (3,)))):
+        mine = torch.nn.Embedding(6, 4, sparse=True)
+        peer = torch.nn.Embedding(6, 4, sparse=reference is torch.optim.SparseAdam)
+        peer.weight.data.copy_(mine.weight.data)
+        opts = LazyAdam(mine.parameters(), lr=0.01), reference(list(peer.parameters()), lr=0.01)
+        for _ in range(6):
+            idx = rows()
+            for e, o in zip((mine, peer), opts):
+                o.zero_grad()
+                e(idx).sin().sum().backward()
+                o.step()
+        assert torch.allclose(mine.weight, peer.weight, atol=1e-6), reference
+    before = mine.weight.detach().clone()
+    mine.weight.grad = empty_sparse_grad(mine.weight)
+    opts[0].step()
+    assert torch.equal(mine.weight, before)
 
 
 def test_pretrained_neumf_starts_from_the_parts_with_the_alpha_weighted_output():
@@ -242,7 +280,10 @@ def ncf_run(spark, tmp_path_factory):
     from deepmine.deep.train import run_train
     root = tmp_path_factory.mktemp("ncf")
     generate_transactions(root / "in", lines=12000, seed=7, dirty_rate=0.0)
-    config = load_config(None, [f"lake.root={root / 'lake'}", *STAGE_SETTINGS])
+    # sparse embedding gradients through the ranks (lazy Adam; Horovod gathers their rows), as
+    # on large data; the pretraining test below trains the same lake with dense ones
+    config = load_config(None, [f"lake.root={root / 'lake'}", *STAGE_SETTINGS,
+                                "ncf.sparse_embeddings_above=0"])
     run_ingest(spark, config, "2026-11-22", str(root / "in" / "transactions.csv"),
                "transactions")
     run_train(spark, config, "2026-11-22", "ncf", None)
@@ -258,7 +299,7 @@ def test_ncf_beats_popularity_and_publishes_unseen_top_n(spark, ncf_run):
         for name in ("hr_at_10", "ndcg_at_10", "recall_at_10"):
             assert 0.0 <= m[f"{prefix}{name}"] <= 1.0
     assert m["hr_at_10"] > m["baseline_hr_at_10"]
-    assert m["epochs_run"] >= 1 and m["spec"]["kind"] == "neumf"
+    assert m["epochs_run"] >= 1 and m["spec"]["kind"] == "neumf" and m["spec"]["sparse_embeddings"]
     recs = lake.read("predictions/ncf", "run_date=2026-11-22")
     assert recs.columns == ["customer_id", "product_id", "rank", "score"]
     owned = lake.read("clean/transactions").select("customer_id", "product_id").distinct()

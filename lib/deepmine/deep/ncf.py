@@ -87,7 +87,7 @@ def check_config(config: Config) -> None:
     for key in ("factors", "negatives", "epochs", "batch_size", "eval_negatives", "k", "top_n"):
         if getattr(n, key) < 1:
             raise ConfigError(f"config key 'ncf.{key}': expected >= 1, found {getattr(n, key)}")
-    for key in ("negative_sets", "recall_users", "max_sampled_rows"):
+    for key in ("negative_sets", "recall_users", "max_sampled_rows", "sparse_embeddings_above"):
         if getattr(n, key) < 0:
             raise ConfigError(f"config key 'ncf.{key}': expected >= 0, found {getattr(n, key)}")
     if not n.mlp_layers or n.mlp_layers[0] % 2 or min(n.mlp_layers) < 1:
@@ -493,7 +493,8 @@ def top_unseen(spark: SparkSession, spec: dict, weights: bytes, owned: DataFrame
 def ncf_spec(config: Config, n_users: int, n_items: int) -> dict[str, Any]:
     n = config.ncf
     return {"kind": n.model, "n_users": n_users, "n_items": n_items, "factors": n.factors,
-            "mlp_layers": list(n.mlp_layers)}
+            "mlp_layers": list(n.mlp_layers),
+            "sparse_embeddings": n_users + n_items > n.sparse_embeddings_above}
 
 
 # the NeuMF phase's own keys: a pretrained part does not depend on them (so trying another

@@ -306,8 +306,9 @@ def gradients(opt, params: list[torch.nn.Parameter], loss: torch.Tensor | None) 
     gradients, so that the collective averaging still has this rank's part."""
     opt.zero_grad()
     if loss is None:
+        from deepmine.deep.lazy_adam import empty_sparse_grad, has_sparse_grad
         for p in params:
-            p.grad = torch.zeros_like(p)
+            p.grad = empty_sparse_grad(p) if has_sparse_grad(p) else torch.zeros_like(p)
     else:
         loss.backward()
 
@@ -471,7 +472,11 @@ def train(args: TrainArgs | dict) -> dict[str, Any]:
         # frozen weights (static pretrained embeddings) have no gradient to average
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         params = [p for _, p in named]
-        optimizer = torch.optim.Adam(params, lr=lr * r.size)  # lr scaled by the number of ranks
+        # lr scaled by the number of ranks; sparse embedding gradients (NCF's large tables)
+        # update only their rows, and Horovod gathers only those (deepmine.deep.lazy_adam)
+        from deepmine.deep.lazy_adam import LazyAdam, has_sparse_grad
+        adam = LazyAdam if any(has_sparse_grad(p) for p in params) else torch.optim.Adam
+        optimizer = adam(params, lr=lr * r.size)
         optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=named)
         if state is not None:
             model.load_state_dict(state["model"])

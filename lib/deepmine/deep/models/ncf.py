@@ -32,9 +32,13 @@ class _Pairs(nn.Module):
         return ids[:, 0], ids[:, 1]
 
     @staticmethod
-    def _embedding(n: int, dim: int) -> nn.Embedding:
-        e = nn.Embedding(n, dim)
+    def _embedding(n: int, dim: int, sparse: bool = False) -> nn.Embedding:
+        """sparse: the gradient holds only the rows looked up (deepmine.deep.lazy_adam)."""
+        e = nn.Embedding(n, dim, sparse=sparse)
         nn.init.normal_(e.weight, std=0.01)
+        if sparse:
+            from deepmine.deep.lazy_adam import mark_sparse
+            mark_sparse(e.weight)
         return e
 
 
@@ -49,10 +53,10 @@ def _tower(layers: tuple[int, ...]) -> nn.Sequential:
 
 
 class GMF(_Pairs):
-    def __init__(self, n_users: int, n_items: int, factors: int = 16):
+    def __init__(self, n_users: int, n_items: int, factors: int = 16, sparse: bool = False):
         super().__init__()
-        self.user = self._embedding(n_users, factors)
-        self.item = self._embedding(n_items, factors)
+        self.user = self._embedding(n_users, factors, sparse)
+        self.item = self._embedding(n_items, factors, sparse)
         self.out = nn.Linear(factors, 1)
 
     def vector(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,13 +68,14 @@ class GMF(_Pairs):
 
 
 class MLP(_Pairs):
-    def __init__(self, n_users: int, n_items: int, layers: tuple[int, ...] = (64, 32, 16)):
+    def __init__(self, n_users: int, n_items: int, layers: tuple[int, ...] = (64, 32, 16),
+                 sparse: bool = False):
         super().__init__()
         if layers[0] % 2:
             raise ValueError(f"mlp_layers[0] is the two embeddings side by side: expected an "
                              f"even width, found {layers[0]}")
-        self.user = self._embedding(n_users, layers[0] // 2)
-        self.item = self._embedding(n_items, layers[0] // 2)
+        self.user = self._embedding(n_users, layers[0] // 2, sparse)
+        self.item = self._embedding(n_items, layers[0] // 2, sparse)
         self.tower = _tower(tuple(layers))
         self.out = nn.Linear(layers[-1], 1)
 
@@ -84,10 +89,10 @@ class MLP(_Pairs):
 
 class NeuMF(nn.Module):
     def __init__(self, n_users: int, n_items: int, factors: int = 16,
-                 layers: tuple[int, ...] = (64, 32, 16)):
+                 layers: tuple[int, ...] = (64, 32, 16), sparse: bool = False):
         super().__init__()
-        self.gmf = GMF(n_users, n_items, factors)
-        self.mlp = MLP(n_users, n_items, layers)
+        self.gmf = GMF(n_users, n_items, factors, sparse)
+        self.mlp = MLP(n_users, n_items, layers, sparse)
         # the parts' own output layers are not used: one layer over both vectors
         del self.gmf.out, self.mlp.out
         self.out = nn.Linear(factors + layers[-1], 1)
@@ -112,13 +117,15 @@ def neumf_state_from_parts(gmf: dict[str, torch.Tensor], mlp: dict[str, torch.Te
 
 
 def build_ncf(spec: dict) -> nn.Module:
-    """{"kind": "gmf" | "mlp" | "neumf", "n_users", "n_items", "factors", "mlp_layers"}."""
+    """{"kind": "gmf" | "mlp" | "neumf", "n_users", "n_items", "factors", "mlp_layers",
+    "sparse_embeddings" (optional, default false)}."""
     kind, users, items = spec["kind"], spec["n_users"], spec["n_items"]
     layers = tuple(spec.get("mlp_layers", (64, 32, 16)))
+    sparse = bool(spec.get("sparse_embeddings", False))
     if kind == "gmf":
-        return GMF(users, items, spec.get("factors", 16))
+        return GMF(users, items, spec.get("factors", 16), sparse)
     if kind == "mlp":
-        return MLP(users, items, layers)
+        return MLP(users, items, layers, sparse)
     if kind == "neumf":
-        return NeuMF(users, items, spec.get("factors", 16), layers)
+        return NeuMF(users, items, spec.get("factors", 16), layers, sparse)
     raise ValueError(f"unknown NCF kind {kind!r}; expected one of {list(KINDS)}")
